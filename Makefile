@@ -1,0 +1,47 @@
+# cnnlab -- every target creates the virtual environment on first use.
+#   make train                      train the article's CNN (custom layers) on the offline digits set
+#   make train ARGS="model=resnet model.impl=builtin trainer.max_epochs=3"
+#   make test / make test-full      fast suite / everything incl. slow CLI, DDP and sweep tests
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.cnnlab-installed
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.PHONY: install train eval bench test test-full lint format clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,tensorboard]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+train: install
+	$(BIN)/cnnlab-train $(ARGS)
+
+eval: install
+	$(BIN)/cnnlab-eval $(ARGS)
+
+bench: install
+	$(BIN)/python -m cnnlab.bench layers $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-full: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: install
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+clean:
+	rm -rf .pytest_cache .ruff_cache .hypothesis build dist src/*.egg-info lightning_logs
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find outputs -mindepth 1 ! -name .gitkeep -prune -exec rm -rf {} +

@@ -1,0 +1,5 @@
+"""Placeholder: being written."""
+
+
+def convert(model, to="custom"):
+    raise NotImplementedError
