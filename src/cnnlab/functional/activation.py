@@ -1,9 +1,91 @@
-"""Placeholder: being written."""
+"""ReLU and log-softmax as autograd Functions with hand-written backward passes."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from cnnlab.functional._utils import opmath_dtype
 
 
-def log_softmax(*args, **kwargs):
-    raise NotImplementedError
+class _ReLU(torch.autograd.Function):
+    """``max(x, 0)``; backward derives the mask from the output, so nothing extra is stored."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, inplace: bool):
+        if inplace:
+            ctx.mark_dirty(input)
+            output = input.clamp_min_(0)
+        else:
+            output = input.clamp_min(0)
+        ctx.save_for_backward(output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (output,) = ctx.saved_tensors
+        # g * [x > 0] with [x > 0] = sign(relu(x)): two vectorised ops in the gradient's dtype,
+        # where CPU masked_fill/where would cost several times more. Only a NaN activation,
+        # already fatal to training, differs: sign(NaN) = 0 stops its gradient; ATen passes it.
+        return grad * output.sign(), None
 
 
-def relu(*args, **kwargs):
-    raise NotImplementedError
+def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """Drop-in for ``torch.nn.functional.relu``."""
+    return _ReLU.apply(input, inplace)
+
+
+def log_softmax_values(input: torch.Tensor, dim: int) -> torch.Tensor:
+    """Numerically stable ``x - logsumexp(x)`` along ``dim``, accumulated like the built-in.
+
+    Shared by :class:`_LogSoftmax` and the cross-entropy Function, which needs the same values
+    but writes its own fused backward.
+    """
+    if input.numel() == 0:  # amax has no identity to reduce an empty dim with
+        return input.clone()
+    x = input.to(opmath_dtype(input.dtype))
+    shifted = x - x.amax(dim, keepdim=True)
+    return (shifted - shifted.exp().sum(dim, keepdim=True).log()).to(input.dtype)
+
+
+class _LogSoftmax(torch.autograd.Function):
+    """``log_softmax``; backward ``g - softmax * sum(g)`` needs only the output."""
+
+    @staticmethod
+    def forward(ctx, input: torch.Tensor, dim: int):
+        output = log_softmax_values(input, dim)
+        ctx.dim = dim
+        ctx.save_for_backward(output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (output,) = ctx.saved_tensors
+        return grad - output.exp() * grad.sum(ctx.dim, keepdim=True), None
+
+
+def _legacy_softmax_dim(ndim: int) -> int:
+    """The dimension ``torch.nn.functional`` picks when ``dim`` is omitted (deprecated there)."""
+    warnings.warn(
+        "Implicit dimension choice for log_softmax has been deprecated. "
+        "Change the call to include dim=X as an argument.",
+        stacklevel=3,
+    )
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+def log_softmax(
+    input: torch.Tensor,
+    dim: int | None = None,
+    _stacklevel: int = 3,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Drop-in for ``torch.nn.functional.log_softmax``."""
+    if dim is None:
+        dim = _legacy_softmax_dim(input.dim())
+    if dtype is not None:
+        input = input.to(dtype)
+    if not input.is_floating_point():
+        raise TypeError(f"log_softmax expected a floating-point input, got {input.dtype}")
+    return _LogSoftmax.apply(input, dim)

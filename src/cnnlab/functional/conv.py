@@ -1,5 +1,270 @@
-"""Placeholder: being written."""
+"""2-D convolution as im2col + one GEMM, with its backward pass written out.
+
+Forward, for every group g (one group in an ordinary convolution)::
+
+    cols = im2col(pad(x))                 # (N*Ho*Wo, kh*kw*C)   one row per receptive field
+    y    = cols @ Wᵀ + b                  # (N*Ho*Wo, O)         = the output, channels-last
+
+Backward, given G = dL/dy reshaped the same way::
+
+    dL/dW = Gᵀ @ cols                      # every weight met every patch it was applied to
+    dL/dx = col2im(G @ W)                  # "deconvolution": patch gradients summed back to pixels
+    dL/db = Σ_rows G
+
+The output is returned as an (N, O, Ho, Wo) tensor that is channels-last in memory: a permuted
+view of the GEMM result, so no copy. A network of these layers therefore stays channels-last
+throughout, whatever layout its input had.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from cnnlab.functional._im2col import (
+    Padding4,
+    col2im,
+    im2col,
+    output_size,
+    pad_channels_last,
+    scratch,
+)
+from cnnlab.functional._utils import (
+    autocast_aware,
+    autocast_dtype,
+    cast_like_builtin_lowp,
+    check_same_device,
+    check_same_dtype,
+    pair,
+)
+
+IntOrPair = int | Sequence[int]
+Pair = tuple[int, int]
 
 
-def conv2d(*args, **kwargs):
-    raise NotImplementedError
+class Conv2dFunction(torch.autograd.Function):
+    """y = conv2d(x, W, b) on a 4-D input with explicit (top, bottom, left, right) zero padding.
+
+    The backward is plain code over tensors saved without autograd history, so differentiating
+    it again would silently drop terms; ``once_differentiable`` turns that into an error.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding: Padding4, dilation, groups):
+        w_rows = _weight_rows(weight, groups)
+        padded, out = _correlate(x, w_rows, bias, weight.shape[2:], stride, padding, dilation)
+        # Keep the padded input rather than the 9x larger patch matrix: rebuilding cols in
+        # backward costs one copy and keeps peak memory close to PyTorch's own convolution.
+        ctx.save_for_backward(padded, weight, w_rows)
+        ctx.geometry = (x.shape, stride, padding, dilation, groups)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        padded, weight, w_rows = ctx.saved_tensors
+        x_shape, stride, padding, dilation, groups = ctx.geometry
+        out_channels, in_per_group, kh, kw = weight.shape
+        n, o, ho, wo = grad_out.shape
+        # (N, O, Ho, Wo) -> (G, N*Ho*Wo, O/G): a view when grad_out is channels-last, as it is
+        # when the next layer is one of ours.
+        grad_rows = grad_out.permute(0, 2, 3, 1).reshape(n * ho * wo, groups, o // groups)
+        grad_rows = grad_rows.transpose(0, 1)
+        grad_x = grad_w = grad_b = None
+
+        if ctx.needs_input_grad[0]:
+            full = _full_padding((kh, kw), padding, dilation)
+            if stride == (1, 1) and min(full) >= 0:
+                # dL/dx is the "full" correlation of G with the 180°-rotated, transposed kernel:
+                # the forward routine again, which beats summing patches back (col2im).
+                flipped = _flipped_weight_rows(weight, groups)
+                _, grad_x = _correlate(grad_out, flipped, None, (kh, kw), stride, full, dilation)
+            else:
+                grad_cols = scratch((groups, n * ho * wo, w_rows.shape[2]), grad_out)
+                torch.bmm(grad_rows, w_rows, out=grad_cols)  # (G, M, K)
+                grad_padded = col2im(grad_cols, padded.shape, (kh, kw), stride, dilation)
+                top, _, left, _ = padding
+                h, w = x_shape[2], x_shape[3]
+                grad_x = grad_padded[:, top : top + h, left : left + w].permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[1]:
+            cols = im2col(padded, (kh, kw), stride, dilation, groups)
+            grad_w_rows = torch.bmm(grad_rows.transpose(1, 2), cols)  # (G, O/G, K)
+            grad_w = (
+                grad_w_rows.view(out_channels, kh, kw, in_per_group)
+                .permute(0, 3, 1, 2)
+                .contiguous()
+            )
+        if ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum(dim=(0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def _correlate(
+    x: torch.Tensor,
+    w_rows: torch.Tensor,
+    bias: torch.Tensor | None,
+    kernel: Sequence[int],
+    stride: Pair,
+    padding: Padding4,
+    dilation: Pair,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """im2col + one (batched over groups) GEMM; returns (padded input, NCHW channels-last output)."""
+    groups, out_per_group, _ = w_rows.shape
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    padded = pad_channels_last(x, padding)
+    cols = im2col(padded, (kh, kw), stride, dilation, groups)  # (G, N*Ho*Wo, K)
+    if bias is None:
+        out = torch.bmm(cols, w_rows.transpose(1, 2))
+    else:
+        out = torch.baddbmm(bias.view(groups, 1, -1), cols, w_rows.transpose(1, 2))
+    n, hp, wp, _ = padded.shape
+    ho, wo = output_size(hp, kh, sh, dh), output_size(wp, kw, sw, dw)
+    # (G, M, O/G) -> (M, O) is free for one group; groups need one interleaving copy.
+    out = out.transpose(0, 1).reshape(n, ho, wo, groups * out_per_group)
+    return padded, out.permute(0, 3, 1, 2)
+
+
+def _weight_rows(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """(O, C/G, kh, kw) -> (G, O/G, kh*kw*C/G): one row per filter, in im2col column order."""
+    out_channels = weight.shape[0]
+    return weight.permute(0, 2, 3, 1).reshape(groups, out_channels // groups, -1)
+
+
+def _flipped_weight_rows(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The kernel of the input gradient: channels in<->out swapped, rotated by 180°.
+
+    (O, C/G, kh, kw) -> (G, C/G, kh*kw*O/G), rows in the same im2col order as :func:`_weight_rows`.
+    """
+    out_channels, in_per_group, kh, kw = weight.shape
+    per_group = weight.view(groups, out_channels // groups, in_per_group, kh, kw)
+    return per_group.flip(3, 4).permute(0, 2, 3, 4, 1).reshape(groups, in_per_group, -1)
+
+
+def _full_padding(kernel: Pair, padding: Padding4, dilation: Pair) -> Padding4:
+    """Padding of the output gradient that makes a stride-1 correlation land back on the input.
+
+    Negative when the forward padding exceeds the kernel's reach (then col2im is used instead).
+    """
+    reach_h, reach_w = (d * (k - 1) for k, d in zip(kernel, dilation, strict=True))
+    top, bottom, left, right = padding
+    return (reach_h - top, reach_h - bottom, reach_w - left, reach_w - right)
+
+
+def conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: IntOrPair = 1,
+    padding: str | IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+    *,
+    name: str = "conv2d",
+) -> torch.Tensor:
+    """Drop-in for ``torch.nn.functional.conv2d`` (batched or unbatched input).
+
+    ``name`` is how errors refer to the caller, so a layer can report itself, e.g.
+    ``Conv2d(3, 16, kernel_size=(3, 3), ...) expected input with 3 channels, got 5``.
+    """
+    _check_tensors(input, weight, bias, groups, name)
+    check_same_device(name, input, weight=weight, bias=bias)
+    stride, dilation = (
+        _positive_pair(stride, "stride", name),
+        _positive_pair(dilation, "dilation", name),
+    )
+    kernel = (weight.shape[2], weight.shape[3])
+    pads = _padding4(padding, kernel, stride, dilation, name)
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    _check_fits(x, kernel, dilation, pads, name)
+
+    device = x.device.type
+    x, weight, bias = cast_like_builtin_lowp(x, weight, bias)
+    check_same_dtype(name, x, weight=weight, bias=bias)
+    function = autocast_aware(Conv2dFunction, device, autocast_dtype(device))
+    out = function.apply(x, weight, bias, stride, pads, dilation, groups)
+    return out.squeeze(0) if unbatched else out
+
+
+def _check_tensors(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int, name: str
+) -> None:
+    """Reject inputs PyTorch would reject, with a message that says what to change."""
+    if x.dim() not in (3, 4):
+        raise ValueError(
+            f"{name} expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, got shape {tuple(x.shape)}"
+        )
+    if weight.dim() != 4:
+        raise ValueError(
+            f"{name} expected a 4-D weight (O, C/groups, kh, kw), got {tuple(weight.shape)}"
+        )
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{name} expected groups to be a positive int, got {groups!r}")
+    out_channels, in_per_group = weight.shape[:2]
+    if out_channels % groups:
+        raise ValueError(
+            f"{name}: groups={groups} must divide the {out_channels} output channels of the weight"
+        )
+    expected, got = in_per_group * groups, x.shape[-3]
+    if got != expected:
+        raise ValueError(f"{name} expected input with {expected} channels, got {got}")
+    if min(weight.shape) < 1:
+        raise ValueError(f"{name} expected a non-empty weight, got shape {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (out_channels,):
+        raise ValueError(
+            f"{name} expected bias of shape ({out_channels},), got {tuple(bias.shape)}"
+        )
+
+
+def _positive_pair(value: IntOrPair, what: str, name: str) -> tuple[int, int]:
+    pair_ = pair(value, f"{name} {what}")
+    if min(pair_) < 1:
+        raise ValueError(f"{name} expected a positive {what}, got {value!r}")
+    return pair_
+
+
+def _padding4(
+    padding: str | IntOrPair,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    name: str,
+) -> Padding4:
+    """Resolve ``padding`` to (top, bottom, left, right).
+
+    'same' pads a total of dilation*(k-1) per axis with the odd pixel at the bottom/right, as
+    PyTorch does, so even kernels match it exactly.
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding != "same":
+            raise ValueError(f"{name}: padding must be 'valid', 'same' or int(s), got {padding!r}")
+        if stride != (1, 1):
+            raise ValueError(
+                f"{name}: padding='same' needs stride 1 (got stride={stride}); pass explicit "
+                f"padding ints to combine padding with a stride"
+            )
+        pads: list[int] = []
+        for k, d in zip(kernel, dilation, strict=True):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        return tuple(pads)  # type: ignore[return-value]
+    ph, pw = pair(padding, f"{name} padding")
+    if min(ph, pw) < 0:
+        raise ValueError(f"{name} expected non-negative padding, got {padding!r}")
+    return (ph, ph, pw, pw)
+
+
+def _check_fits(
+    x: torch.Tensor, kernel: tuple[int, int], dilation: tuple[int, int], pads: Padding4, name: str
+) -> None:
+    h, w = x.shape[2] + pads[0] + pads[1], x.shape[3] + pads[2] + pads[3]
+    span = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
+    if h < span[0] or w < span[1]:
+        raise ValueError(
+            f"{name}: the kernel (spanning {span[0]}x{span[1]} with dilation) is larger than the "
+            f"padded input ({h}x{w}); use a larger input, more padding or a smaller kernel"
+        )

@@ -1,6 +1,41 @@
-"""Placeholder: being written."""
+"""``nn.MaxPool2d`` / ``nn.AvgPool2d`` twins backed by the hand-written pooling Functions."""
+
+from __future__ import annotations
+
+import torch
 import torch.nn as nn
 
-AvgPool2d = nn.AvgPool2d
+from cnnlab.functional._utils import errors_named_after
+from cnnlab.functional.pooling import avg_pool2d, max_pool2d
 
-MaxPool2d = nn.MaxPool2d
+
+class MaxPool2d(nn.MaxPool2d):
+    """Same arguments, repr and behaviour as ``torch.nn.MaxPool2d``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        with errors_named_after(self):
+            return max_pool2d(
+                input,
+                self.kernel_size,
+                self.stride,
+                self.padding,
+                self.dilation,
+                ceil_mode=self.ceil_mode,
+                return_indices=self.return_indices,
+            )
+
+
+class AvgPool2d(nn.AvgPool2d):
+    """Same arguments, repr and behaviour as ``torch.nn.AvgPool2d``."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        with errors_named_after(self):
+            return avg_pool2d(
+                input,
+                self.kernel_size,
+                self.stride,
+                self.padding,
+                self.ceil_mode,
+                self.count_include_pad,
+                self.divisor_override,
+            )

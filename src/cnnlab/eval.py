@@ -1,0 +1,94 @@
+"""cnnlab-eval: test a trained checkpoint under the exact config it was trained with.
+
+    cnnlab-eval ckpt_path=outputs/train/runs/<time>/checkpoints/best.ckpt
+    cnnlab-eval ckpt_path=outputs/train/runs/<time> data.batch_size=512 trainer=cpu
+
+The config comes from ``checkpoint["cnnlab_config"]``; only what is named on the command line
+changes, so an evaluation cannot silently differ from its run in data split, model or loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from cnnlab.paths import CONF_DIR
+from cnnlab.training.builders import (
+    build_datamodule,
+    build_loggers,
+    build_module,
+    build_trainer,
+    find_checkpoint,
+    load_checkpoint,
+    plain,
+)
+from cnnlab.training.ddp import use_job_subprocess_command
+from cnnlab.training.results import format_metrics, write_metrics
+
+log = logging.getLogger(__name__)
+
+#: keys that always describe this evaluation, never the training run
+_OWN_KEYS = ("paths", "task_name", "ckpt_path")
+
+
+def run_config(cfg: DictConfig, trained: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """The trained run's config with the command-line ``overrides`` (already composed into
+    ``cfg``) applied on top; whole groups (``trainer=cpu``) and single keys both work."""
+    merged = OmegaConf.create(plain(trained))
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group
+        if key.startswith("hydra") or key.split(".")[0] in _OWN_KEYS:
+            continue
+        OmegaConf.update(merged, key, plain(OmegaConf.select(cfg, key)), merge=False)
+    with open_dict(merged):
+        for key in _OWN_KEYS:
+            merged[key] = plain(cfg[key])
+    return merged
+
+
+def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]:
+    """Test ``cfg.ckpt_path`` and record the result in this evaluation's run folder."""
+    started = time.perf_counter()
+    ckpt_file = find_checkpoint(cfg.ckpt_path)
+    trained, checkpoint = load_checkpoint(ckpt_file)
+    run_cfg = run_config(cfg, trained, overrides)
+    datamodule = build_datamodule(run_cfg)
+    module = build_module(run_cfg, datamodule)
+    module.load_state_dict(checkpoint["state_dict"])
+    trainer = build_trainer(run_cfg, datamodule, callbacks=[], loggers=build_loggers(run_cfg))
+    (metrics,) = trainer.test(module, datamodule=datamodule)
+    if rank_zero_only.rank == 0:
+        write_metrics(
+            run_cfg.paths.output_dir,
+            run_cfg,
+            status="ok",
+            metrics=metrics,
+            wall_time_s=time.perf_counter() - started,
+            checkpoint=str(ckpt_file.resolve()),
+            confusion_matrix=module.test_confusion_matrix,
+        )
+        log.info(
+            "Test metrics of %s:\n%s\nRun folder: %s",
+            ckpt_file,
+            format_metrics(metrics),
+            run_cfg.paths.output_dir,
+        )
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+def main(cfg: DictConfig) -> float:
+    use_job_subprocess_command("cnnlab.eval")
+    metrics = evaluate(cfg, HydraConfig.get().overrides.task)
+    return float(metrics["test/acc"])
+
+
+if __name__ == "__main__":
+    main()

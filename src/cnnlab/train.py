@@ -1,0 +1,154 @@
+"""cnnlab-train: fit a model on a dataset, test its best checkpoint, record the run.
+
+    cnnlab-train                                   # digits, seed_cnn, hand-written layers
+    cnnlab-train model.impl=builtin optimizer=sgd
+    cnnlab-train -m model.impl=custom,builtin optimizer=sgd,adam
+    cnnlab-train trainer=ddp_cpu
+
+Every run, even a failed, diverged or interrupted one, leaves ``metrics.json`` in its folder;
+inside a ``-m`` sweep a failing job is recorded and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig
+
+from cnnlab.paths import CONF_DIR
+from cnnlab.training.builders import (
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    build_module,
+    build_trainer,
+)
+from cnnlab.training.callbacks import NonFiniteLossError
+from cnnlab.training.ddp import isolated_job, use_job_subprocess_command
+from cnnlab.training.module import ClassificationModule
+from cnnlab.training.results import format_metrics, write_metrics
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], ClassificationModule, L.LightningDataModule]:
+    """Fit, then test the best checkpoint; return the final metrics, module and data module."""
+    L.seed_everything(cfg.seed, workers=True)
+    log.info("Data: %s", cfg.data._target_)
+    datamodule = build_datamodule(cfg)
+    log.info("Model: %s (impl=%s)", cfg.model._target_, cfg.model.impl)
+    module = build_module(cfg, datamodule)
+    trainer = build_trainer(cfg, datamodule, build_callbacks(cfg), build_loggers(cfg))
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+
+    if cfg.get("test"):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:
+            log.warning("No best checkpoint (e.g. fast_dev_run): testing the current weights.")
+        (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update(test_metrics)
+    return metrics, module, datamodule
+
+
+def render_plots(cfg: DictConfig, module: ClassificationModule, datamodule: Any) -> None:
+    """End-of-run plots, when ``viz.enabled``; a plotting error is logged, never fatal."""
+    viz_cfg = cfg.get("viz")
+    if not viz_cfg or not viz_cfg.get("enabled", False):
+        return
+    try:
+        from cnnlab.viz import render_run
+    except ImportError:
+        log.warning("viz.enabled is set but cnnlab.viz.render_run is not available; no plots.")
+        return
+    try:
+        render_run(cfg.paths.output_dir, viz_cfg, module=module, datamodule=datamodule)
+    except Exception:
+        log.exception("Plotting failed; the run itself is complete.")
+
+
+def run(cfg: DictConfig) -> float:
+    """Train one job and record it; return ``val/acc_best`` (NaN when the job did not finish).
+
+    In a ``-m`` sweep a failure is recorded and NaN returned so the other jobs still run; in a
+    single run it is re-raised so the command exits non-zero.
+    """
+    in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    run_dir = cfg.paths.output_dir
+    started = time.perf_counter()
+    status, error, metrics, extra = "ok", None, {}, {}
+    with isolated_job():
+        try:
+            metrics, module, datamodule = train(cfg)
+            if module.test_confusion_matrix is not None:
+                extra["confusion_matrix"] = module.test_confusion_matrix
+            if rank_zero_only.rank == 0:
+                render_plots(cfg, module, datamodule)
+        except NonFiniteLossError as exc:
+            status, error = "nan", str(exc)
+            _record(run_dir, cfg, status, metrics, started, error)
+            if not in_sweep:
+                raise
+            log.error("Job stopped: %s", error)
+            return math.nan
+        except (KeyboardInterrupt, SystemExit) as exc:  # Lightning turns Ctrl-C into exit(1)
+            last = f"{run_dir}/checkpoints/last.ckpt"
+            _record(
+                run_dir,
+                cfg,
+                "interrupted",
+                metrics,
+                started,
+                f"interrupted ({exc!r}); resume with ckpt_path={last}",
+            )
+            raise
+        except Exception as exc:
+            _record(run_dir, cfg, "failed", metrics, started, f"{type(exc).__name__}: {exc}")
+            if not in_sweep:
+                raise
+            log.exception("Job failed; the sweep goes on.")
+            return math.nan
+    _record(run_dir, cfg, status, metrics, started, error, **extra)
+    if rank_zero_only.rank == 0:
+        log.info("Test metrics:\n%s\nRun folder: %s", format_metrics(metrics), run_dir)
+    return float(metrics.get("val/acc_best", math.nan))
+
+
+def _record(
+    run_dir: str,
+    cfg: DictConfig,
+    status: str,
+    metrics: dict,
+    started: float,
+    error: str | None,
+    **extra: Any,
+) -> None:
+    if rank_zero_only.rank == 0:
+        write_metrics(
+            run_dir,
+            cfg,
+            status=status,
+            metrics=metrics,
+            error=error,
+            wall_time_s=time.perf_counter() - started,
+            **extra,
+        )
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
+def main(cfg: DictConfig) -> float:
+    use_job_subprocess_command("cnnlab.train")
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

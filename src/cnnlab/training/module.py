@@ -1,0 +1,166 @@
+"""The LightningModule that trains any cnnlab model as an image classifier.
+
+It owns the objective (loss + explicit L1/L2 penalties), the metrics and the optimizer and
+scheduler wiring, so models stay plain ``nn.Module``s that only map images to logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from cnnlab.training.losses import weight_penalty
+
+#: keys in the optimizer/scheduler configs that steer cnnlab, not the torch constructors
+_OPTIMIZER_KEYS = ("full_batch",)
+_SCHEDULER_KEYS = ("interval",)
+
+
+class ClassificationModule(L.LightningModule):
+    """Train ``model`` with ``loss``; log loss/accuracy per epoch and macro scores on test.
+
+    ``optimizer`` and ``scheduler`` are plain dicts of Hydra ``_partial_`` configs, so they go
+    into ``hparams`` and checkpoints stay loadable with ``torch.load(weights_only=True)``.
+    ``config`` is the whole resolved run config; it is stored as ``checkpoint["cnnlab_config"]``
+    so a checkpoint alone rebuilds its run.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: nn.Module,
+        num_classes: int,
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
+        l1: float = 0.0,
+        l2: float = 0.0,
+        compile_model: bool = False,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "loss", "config"], logger=False)
+        self.model = model
+        self.criterion = loss
+        self.config = dict(config) if config is not None else None
+
+        def accuracy() -> MulticlassAccuracy:
+            return MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+        # weighted by batch size, so epoch losses are per-image means whatever the batch size
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_acc, self.val_acc = accuracy(), accuracy()
+        self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run keeps its best
+        macro = {"num_classes": num_classes, "average": "macro"}
+        self.test_metrics = MetricCollection(
+            {
+                "acc": accuracy(),
+                "precision": MulticlassPrecision(**macro),
+                "recall": MulticlassRecall(**macro),
+                "f1": MulticlassF1Score(**macro),
+            },
+            prefix="test/",
+        )
+        self.test_confusion = MulticlassConfusionMatrix(num_classes=num_classes)
+        #: rows = true class, columns = predicted; filled at the end of ``trainer.test``
+        self.test_confusion_matrix: list[list[int]] | None = None
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images)
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.compile_model and stage == "fit":
+            self.model.compile()  # in place: parameter names and state_dict keys stay the same
+
+    def objective(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """What training minimises: the data loss plus the L1/L2 weight penalties."""
+        penalty = weight_penalty(self.model, self.hparams.l1, self.hparams.l2)
+        return self.criterion(logits, labels) + penalty
+
+    # -- train ----------------------------------------------------------------------------------
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = self.objective(logits, labels)
+        self.train_loss(loss.detach(), weight=len(labels))
+        self.train_acc(logits.argmax(dim=1), labels)
+        self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    # -- validate: data loss only, so runs with different penalties compare -------------------
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits = self(images)
+        self.val_loss(self.criterion(logits, labels), weight=len(labels))
+        self.val_acc(logits.argmax(dim=1), labels)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:  # two batches of an untrained model are not a "best"
+            return
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+
+    # -- test -----------------------------------------------------------------------------------
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits = self(images)
+        preds = logits.argmax(dim=1)
+        self.test_loss(self.criterion(logits, labels), weight=len(labels))
+        self.test_metrics.update(preds, labels)
+        self.test_confusion.update(preds, labels)
+        self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute(), sync_dist=True)
+        self.test_metrics.reset()
+        self.test_confusion_matrix = self.test_confusion.compute().cpu().tolist()
+        self.test_confusion.reset()
+
+    # -- optimisation ---------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optimizer_cfg = _without(self.hparams.optimizer, _OPTIMIZER_KEYS)
+        optimizer = instantiate(optimizer_cfg)(params=self.parameters())
+        scheduler_cfg = self.hparams.scheduler
+        if not scheduler_cfg:
+            return optimizer
+        interval = scheduler_cfg.get("interval", "epoch")
+        scheduler_cfg = _without(scheduler_cfg, _SCHEDULER_KEYS)
+        if "total_steps" in scheduler_cfg and scheduler_cfg["total_steps"] is None:
+            scheduler_cfg["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = instantiate(scheduler_cfg)(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.config is not None:
+            checkpoint["cnnlab_config"] = self.config
+
+
+def _without(config: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    out = {k: v for k, v in config.items() if k not in keys}
+    if isinstance(out.get("betas"), list):
+        out["betas"] = tuple(out["betas"])  # torch checks for a tuple
+    return out
+
+
+def is_full_batch(optimizer: Mapping[str, Any]) -> bool:
+    """Whether the optimizer config asks for one step per epoch (``optimizer=gd``)."""
+    return bool(optimizer.get("full_batch", False))

@@ -1,0 +1,91 @@
+"""One table per sweep: a row per job with its overrides, status and headline metrics.
+
+``SweepSummary`` writes it when a ``-m`` sweep ends; ``cnnlab-report`` reuses ``collect_runs``
+and ``write_summary`` on any folder of runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from cnnlab.training.results import METRICS_FILE
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    "job",
+    "overrides",
+    "status",
+    "val/acc_best",
+    "test/acc",
+    "test/f1",
+    "wall_time_s",
+    "error",
+)
+
+
+def _job_key(path: Path) -> tuple[int, str]:
+    return (int(path.name), "") if path.name.isdigit() else (1 << 30, path.name)
+
+
+def _row(job_dir: Path, folder: Path) -> dict[str, Any]:
+    metrics_file = job_dir / METRICS_FILE
+    if metrics_file.is_file():
+        record = json.loads(metrics_file.read_text())
+    else:  # killed before it could write anything, e.g. out of memory
+        record = {"status": "missing", "error": f"no {METRICS_FILE}"}
+    row = {key: record.get(key) for key in COLUMNS}
+    row["job"] = job_dir.relative_to(folder).as_posix()
+    row["overrides"] = " ".join(record.get("overrides") or [])
+    return row
+
+
+def collect_runs(folder: str | Path) -> list[dict[str, Any]]:
+    """A row per run folder under ``folder`` (a run holds ``metrics.json`` or ``.hydra/``)."""
+    folder = Path(folder)
+    job_dirs = {p.parent for p in folder.rglob(METRICS_FILE)}
+    job_dirs |= {p.parent for p in folder.rglob(".hydra") if p.is_dir()}
+    return [_row(job, folder) for job in sorted(job_dirs, key=_job_key)]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def write_summary(folder: str | Path) -> tuple[Path, Path]:
+    """Write ``summary.csv`` and ``summary.md`` into ``folder``; return their paths."""
+    folder = Path(folder)
+    rows = collect_runs(folder)
+    csv_path, md_path = folder / "summary.csv", folder / "summary.md"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [
+        f"# Sweep summary: {folder}",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+        *("| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in rows),
+    ]
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+class SweepSummary(Callback):
+    """Hydra callback (registered in conf/hydra/default.yaml) run once after a ``-m`` sweep."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        _, md_path = write_summary(config.hydra.sweep.dir)
+        log.info("Sweep summary: %s\n%s", md_path, md_path.read_text())

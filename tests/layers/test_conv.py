@@ -1,0 +1,245 @@
+"""The hand-written Conv2d against torch.nn.Conv2d: gradients, random configs, AMP, drop-in, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given
+from hypothesis import strategies as st
+
+import cnnlab.functional as CF
+import cnnlab.layers as L
+from conftest import BF16_TOL, assert_twins_match, layer_settings, twins
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+# (in, out, layer kwargs, input H x W): each row adds one argument the others do not cover.
+GRADCHECK_GRID = [
+    (2, 3, {"kernel_size": 3}, (7, 5)),
+    (2, 3, {"kernel_size": (3, 2), "padding": (1, 2)}, (7, 5)),
+    (2, 2, {"kernel_size": 2, "stride": 3}, (7, 5)),  # stride > kernel: skipped pixels
+    (2, 2, {"kernel_size": 3, "stride": (2, 1), "dilation": (2, 1), "padding": 1}, (7, 5)),
+    (4, 6, {"kernel_size": 3, "groups": 2, "padding": 1}, (5, 5)),
+    (3, 6, {"kernel_size": 3, "groups": 3}, (5, 6)),  # depthwise, channel multiplier 2
+    (2, 2, {"kernel_size": 4, "padding": "same", "dilation": (1, 2)}, (6, 7)),  # even kernel
+    (2, 2, {"kernel_size": 2, "padding": "valid", "bias": False}, (4, 3)),
+    (2, 3, {"kernel_size": 1, "padding": 2}, (3, 3)),  # padding wider than the kernel
+    *[
+        (2, 2, {"kernel_size": (3, 2), "padding": (1, 2), "padding_mode": mode}, (5, 4))
+        for mode in PADDING_MODES[1:]
+    ],
+    (2, 2, {"kernel_size": 3, "padding": "same", "padding_mode": "reflect"}, (5, 4)),
+]
+
+
+@pytest.mark.parametrize("cin, cout, kwargs, hw", GRADCHECK_GRID)
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+def test_gradcheck(cin: int, cout: int, kwargs: dict, hw: tuple[int, int], batched: bool) -> None:
+    layer = L.Conv2d(cin, cout, **kwargs).double()
+    shape = (2, cin, *hw) if batched else (cin, *hw)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    params = dict(layer.named_parameters())
+
+    def conv(x: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(layer, dict(zip(params, values, strict=True)), (x,))
+
+    assert torch.autograd.gradcheck(conv, (x, *params.values()), fast_mode=True)
+
+
+@st.composite
+def conv_configs(draw: st.DrawFn) -> tuple[dict, tuple[int, ...]]:
+    """A random valid (layer kwargs, input shape) pair over every Conv2d argument."""
+    groups = draw(st.integers(1, 3))
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    mode = draw(st.sampled_from(PADDING_MODES))
+    if draw(st.booleans()):
+        stride = (1, 1)
+        padding = draw(st.sampled_from(["same", "valid"]))
+    else:
+        stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+        padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    span = [d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True)]
+    # reflect padding needs pad < size; simplest to require the input to cover the kernel.
+    hw = [s + draw(st.integers(0, 4)) for s in span]
+    kwargs = {
+        "in_channels": groups * draw(st.integers(1, 3)),
+        "out_channels": groups * draw(st.integers(1, 3)),
+        "kernel_size": kernel,
+        "stride": stride,
+        "padding": padding,
+        "dilation": dilation,
+        "groups": groups,
+        "bias": draw(st.booleans()),
+        "padding_mode": mode,
+    }
+    batch = draw(st.sampled_from([None, 0, 1, 3]))  # None: unbatched (C, H, W)
+    shape = (kwargs["in_channels"], *hw) if batch is None else (batch, kwargs["in_channels"], *hw)
+    return kwargs, shape
+
+
+def make_input(shape: tuple[int, ...], layout: str, dtype: torch.dtype) -> torch.Tensor:
+    x = torch.randn(shape, dtype=dtype)
+    if layout == "channels_last" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # every other column of a wider tensor: no dense layout at all
+        wide = torch.randn(*shape[:-1], 2 * shape[-1], dtype=dtype)
+        return wide[..., ::2]
+    return x
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
+@layer_settings
+@given(
+    config=conv_configs(),
+    layout=st.sampled_from(["contiguous", "channels_last", "strided"]),
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+)
+def test_matches_torch(
+    config: tuple[dict, tuple[int, ...]], layout: str, dtype: torch.dtype
+) -> None:
+    kwargs, shape = config
+    custom, builtin = twins(L.Conv2d, nn.Conv2d, dtype=dtype, **kwargs)
+    assert_twins_match(custom, builtin, make_input(shape, layout, dtype))
+
+
+def test_functional_matches_torch() -> None:
+    x, w, b = torch.randn(2, 4, 9, 8), torch.randn(6, 2, 3, 2), torch.randn(6)
+    args = {"stride": (2, 1), "padding": (1, 2), "dilation": (1, 2), "groups": 2}
+    expected = nn.functional.conv2d(x, w, b, **args)
+    torch.testing.assert_close(CF.conv2d(x, w, b, **args), expected)
+
+
+def test_output_is_channels_last_whatever_the_input_layout() -> None:
+    """The whole network stays channels-last, which is what keeps im2col a single copy."""
+    layer = L.Conv2d(3, 8, 3, padding=1)
+    out = layer(torch.randn(2, 3, 6, 6))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("layer_kwargs", [{}, {"groups": 2}])
+def test_autocast_bf16_matches_builtin(layer_kwargs: dict) -> None:
+    custom, builtin = twins(L.Conv2d, nn.Conv2d, 4, 6, 3, padding=1, **layer_kwargs)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert_twins_match(custom, builtin, x, **BF16_TOL)
+    assert custom.weight.grad.dtype == torch.float32  # params stay fp32 under AMP
+
+
+def test_frozen_input_and_weight_skip_their_gradients() -> None:
+    layer = L.Conv2d(2, 3, 3).requires_grad_(False)
+    layer.bias.requires_grad_(True)
+    out = layer(torch.randn(1, 2, 5, 5))
+    out.sum().backward()
+    assert layer.weight.grad is None
+    torch.testing.assert_close(layer.bias.grad, torch.full((3,), 9.0))
+
+
+def test_double_backward_is_refused_not_silently_wrong() -> None:
+    layer = L.Conv2d(2, 3, 3)
+    x = torch.randn(1, 2, 5, 5, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(layer(x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad_x.sum().backward()
+
+
+# --- drop-in contract -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"in_channels": 3, "out_channels": 16, "kernel_size": 3},
+        {
+            "in_channels": 4,
+            "out_channels": 8,
+            "kernel_size": (3, 5),
+            "stride": 2,
+            "padding": "valid",
+            "dilation": 2,
+            "groups": 4,
+            "bias": False,
+            "padding_mode": "reflect",
+        },
+    ],
+)
+def test_drop_in_for_torch_nn(kwargs: dict) -> None:
+    custom, builtin = twins(L.Conv2d, nn.Conv2d, **kwargs)
+    assert isinstance(custom, nn.Conv2d)
+    assert repr(custom) == repr(builtin)
+    assert custom.state_dict().keys() == builtin.state_dict().keys()
+    for name, tensor in builtin.state_dict().items():
+        torch.testing.assert_close(custom.state_dict()[name], tensor, rtol=0, atol=0)
+
+    fresh_custom, fresh_builtin = L.Conv2d(**kwargs), nn.Conv2d(**kwargs)
+    fresh_custom.load_state_dict(builtin.state_dict())
+    fresh_builtin.load_state_dict(custom.state_dict())
+    x = torch.randn(2, kwargs["in_channels"], 11, 11)
+    torch.testing.assert_close(fresh_custom(x), builtin(x))
+    torch.testing.assert_close(fresh_builtin(x), custom(x))
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def test_wrong_channel_count_names_the_layer() -> None:
+    with pytest.raises(ValueError, match=r"Conv2d\(3, 16, .*expected input with 3 channels, got 5"):
+        L.Conv2d(3, 16, 3)(torch.randn(1, 5, 8, 8))
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (1, 1, 3, 8, 8)])
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+def test_wrong_rank(shape: tuple[int, ...], mode: str) -> None:
+    with pytest.raises(ValueError, match=r"Conv2d\(3, 4.*expected a 3-D \(C, H, W\) or 4-D"):
+        L.Conv2d(3, 4, 3, padding=1, padding_mode=mode)(torch.randn(shape))
+
+
+def test_kernel_larger_than_padded_input() -> None:
+    with pytest.raises(ValueError, match=r"kernel .*3x5.* larger than the padded input \(4x4\)"):
+        L.Conv2d(1, 1, (3, 5), padding=1)(torch.randn(1, 1, 2, 2))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"stride": 0}, "positive stride"),
+        ({"dilation": (1, -1)}, "positive dilation"),
+        ({"padding": -1}, "non-negative padding"),
+        ({"padding": "full"}, "'valid', 'same'"),
+        ({"groups": 0}, "groups to be a positive int"),
+        ({"groups": 3}, "groups=3 must divide the 4 output channels"),
+    ],
+)
+def test_invalid_arguments(kwargs: dict, message: str) -> None:
+    x, w = torch.randn(1, 4, 5, 5), torch.randn(4, 2, 3, 3)
+    with pytest.raises(ValueError, match=message):
+        CF.conv2d(x, w, **{"groups": 2, **kwargs})
+
+
+def test_same_padding_with_stride() -> None:
+    with pytest.raises(ValueError, match="padding='same' needs stride 1"):
+        CF.conv2d(torch.randn(1, 1, 5, 5), torch.randn(1, 1, 3, 3), stride=2, padding="same")
+
+
+def test_empty_weight() -> None:
+    with pytest.raises(ValueError, match="non-empty weight"):
+        CF.conv2d(torch.randn(1, 0, 5, 5), torch.randn(2, 0, 3, 3))
+
+
+def test_mixed_dtypes_say_how_to_fix() -> None:
+    with pytest.raises(
+        TypeError, match=r"input is torch.float64 but weight is torch.float32.*cast"
+    ):
+        L.Conv2d(1, 1, 3)(torch.randn(1, 1, 5, 5, dtype=torch.float64))
+
+
+def test_mismatched_bias() -> None:
+    with pytest.raises(ValueError, match=r"bias of shape \(2,\)"):
+        CF.conv2d(torch.randn(1, 1, 5, 5), torch.randn(2, 1, 3, 3), torch.randn(3))
+
+
+def test_mixed_devices_say_how_to_fix() -> None:
+    x = torch.empty(1, 1, 5, 5, device="meta")  # any device other than the weight's
+    with pytest.raises(ValueError, match=r"input is on meta but weight is on cpu.*model.to"):
+        L.Conv2d(1, 1, 3)(x)

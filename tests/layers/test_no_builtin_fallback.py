@@ -1,0 +1,233 @@
+"""The hand-written path never reaches PyTorch's own conv/pool/linear/BN/dropout/loss kernels.
+
+Two independent nets catch a fallback: the public ``torch.nn.functional`` / ``torch.nn.grad``
+entry points are patched to raise (catches a call however it is spelled in Python), and a
+``TorchDispatchMode`` raises on the forbidden ATen ops themselves (catches kernels reached any
+other way, including inside backward). Every model, every custom layer with each of its options
+and every custom loss run forward *and* backward under both.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import cnnlab.layers as L
+from cnnlab.models import MODELS
+
+FORBIDDEN_FUNCTIONAL = [
+    *("conv2d", "linear", "max_pool2d", "avg_pool2d", "batch_norm", "dropout"),
+    *("cross_entropy", "nll_loss", "mse_loss", "log_softmax", "relu", "unfold", "fold"),
+]
+FORBIDDEN_ATEN = [
+    *("convolution*", "_convolution*", "mkldnn_convolution", "cudnn_*", "linear", "*pool*"),
+    *("native_batch_norm*", "_native_batch_norm_legit*", "batch_norm*", "native_dropout*"),
+    *("nll_loss*", "_log_softmax*", "_softmax*", "cross_entropy_loss", "mse_loss*"),
+    *("im2col", "col2im", "relu", "relu_", "threshold_backward"),
+]
+
+
+class ForbidBuiltinKernels(TorchDispatchMode):
+    """Raise on any ATen op whose name matches ``FORBIDDEN_ATEN``; run every other op."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in FORBIDDEN_ATEN):
+            raise AssertionError(f"the custom path ran PyTorch's built-in kernel aten.{name}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def no_builtins(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[], torch.Tensor]], None]:
+    """Return ``run(step)``: calls ``step`` (a forward returning a tensor) and backward, guarded."""
+
+    def forbidden(name: str) -> Callable[..., None]:
+        def raise_(*args, **kwargs) -> None:
+            raise AssertionError(f"the custom path called the built-in {name}")
+
+        return raise_
+
+    for name in FORBIDDEN_FUNCTIONAL:
+        monkeypatch.setattr(F, name, forbidden(f"torch.nn.functional.{name}"))
+    for name, fn in inspect.getmembers(torch.nn.grad, inspect.isfunction):
+        if fn.__module__ == "torch.nn.grad":
+            monkeypatch.setattr(torch.nn.grad, name, forbidden(f"torch.nn.grad.{name}"))
+
+    def run(step: Callable[[], torch.Tensor]) -> None:
+        with ForbidBuiltinKernels():
+            out = step()
+            out.float().square().sum().backward()
+
+    return run
+
+
+def test_the_guard_catches_builtin_forward_and_backward(no_builtins) -> None:
+    x = torch.randn(1, 1, 5, 5, requires_grad=True)
+    with pytest.raises(AssertionError, match=r"torch\.nn\.functional\.conv2d"):
+        no_builtins(lambda: nn.Conv2d(1, 1, 3)(x))
+    with pytest.raises(AssertionError, match=r"aten\.convolution"):
+        no_builtins(lambda: torch.conv2d(x, torch.randn(1, 1, 3, 3)))  # skips the F patch
+
+    out = torch.max_pool2d(x, 2)  # forward unguarded: the guard must still see the backward kernel
+    with ForbidBuiltinKernels(), pytest.raises(AssertionError, match="max_pool2d"):
+        out.sum().backward()
+
+
+MODEL_CASES = {
+    **{name: (name, {}) for name in MODELS},
+    "seed_cnn-bn-dropout": ("seed_cnn", {"batch_norm": True, "dropout": 0.5}),
+    "lenet5-avgpool": ("lenet5", {"pool": "avg"}),
+    "resnet-shortcut-A": ("resnet", {"shortcut": "A"}),
+}
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", sorted(MODEL_CASES))
+def test_models_run_without_builtin_kernels(no_builtins, case: str, train: bool) -> None:
+    name, options = MODEL_CASES[case]
+    model = MODELS[name](impl="custom", in_shape=(3, 16, 16), num_classes=10, **options)
+    model.train(train)
+    x, target = torch.randn(4, 3, 16, 16), torch.tensor([0, 3, 9, 3])
+    no_builtins(lambda: L.CrossEntropyLoss()(model(x), target))
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_model_under_cpu_bf16_autocast_runs_without_builtin_kernels(no_builtins) -> None:
+    model = MODELS["seed_cnn"](impl="custom", in_shape=(3, 16, 16), num_classes=10)
+    x, target = torch.randn(4, 3, 16, 16), torch.tensor([0, 3, 9, 3])
+
+    def step() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return L.CrossEntropyLoss()(model(x), target)
+
+    no_builtins(step)
+
+
+LAYER_CASES = {
+    "conv-default": (lambda: L.Conv2d(3, 4, 3), (2, 3, 7, 5)),
+    "conv-stride-pad-tuple": (
+        lambda: L.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=(1, 2)),
+        (2, 3, 7, 5),
+    ),
+    "conv-stride-gt-kernel": (lambda: L.Conv2d(3, 4, 2, stride=3), (2, 3, 8, 8)),
+    "conv-dilation": (lambda: L.Conv2d(3, 4, 3, dilation=2, padding=1), (2, 3, 9, 9)),
+    "conv-groups": (lambda: L.Conv2d(4, 6, 3, groups=2), (2, 4, 6, 6)),
+    "conv-depthwise": (lambda: L.Conv2d(4, 4, 3, groups=4, padding=1), (2, 4, 6, 6)),
+    "conv-no-bias": (lambda: L.Conv2d(3, 4, 3, bias=False), (2, 3, 6, 6)),
+    "conv-same-even": (lambda: L.Conv2d(3, 4, 4, padding="same", dilation=2), (2, 3, 7, 5)),
+    "conv-valid": (lambda: L.Conv2d(3, 4, 3, padding="valid"), (2, 3, 6, 6)),
+    "conv-unbatched": (lambda: L.Conv2d(3, 4, 3, padding=1), (3, 6, 6)),
+    **{
+        f"conv-{mode}": (
+            lambda mode=mode: L.Conv2d(3, 4, 3, padding=1, padding_mode=mode),
+            (2, 3, 6, 6),
+        )
+        for mode in ("reflect", "replicate", "circular")
+    },
+    "linear": (lambda: L.Linear(5, 3), (4, 5)),
+    "linear-no-bias-3d": (lambda: L.Linear(5, 3, bias=False), (2, 4, 5)),
+    "maxpool-default": (lambda: L.MaxPool2d(2), (2, 3, 8, 8)),
+    "maxpool-all-options": (
+        lambda: L.MaxPool2d((3, 2), stride=(2, 1), padding=1, dilation=(1, 2), ceil_mode=True),
+        (2, 3, 7, 6),
+    ),
+    "maxpool-indices": (lambda: _First(L.MaxPool2d(3, 2, return_indices=True)), (2, 3, 7, 5)),
+    "maxpool-unbatched": (lambda: L.MaxPool2d(2), (3, 6, 6)),
+    "avgpool-default": (lambda: L.AvgPool2d(2), (2, 3, 8, 8)),
+    "avgpool-all-options": (
+        lambda: L.AvgPool2d((3, 2), stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+        (2, 3, 7, 6),
+    ),
+    "avgpool-divisor": (lambda: L.AvgPool2d(3, 2, padding=1, divisor_override=5), (2, 3, 7, 5)),
+    "avgpool-unbatched": (lambda: L.AvgPool2d(2), (3, 6, 6)),
+    "relu": (lambda: L.ReLU(), (2, 3, 4, 4)),
+    "relu-inplace": (lambda: nn.Sequential(_Double(), L.ReLU(inplace=True)), (2, 3, 4, 4)),
+    "dropout-train": (lambda: L.Dropout(0.3), (2, 3, 4, 4)),
+    "dropout-eval": (lambda: L.Dropout(0.3).eval(), (2, 3, 4, 4)),
+    "dropout-p0": (lambda: L.Dropout(0.0), (2, 3, 4, 4)),
+    "dropout-p1": (lambda: L.Dropout(1.0), (2, 3, 4, 4)),
+    "batchnorm-train": (lambda: L.BatchNorm2d(3), (4, 3, 5, 5)),
+    "batchnorm-eval": (lambda: L.BatchNorm2d(3).eval(), (4, 3, 5, 5)),
+    "batchnorm-cma": (lambda: L.BatchNorm2d(3, momentum=None), (4, 3, 5, 5)),
+    "batchnorm-no-affine": (lambda: L.BatchNorm2d(3, affine=False, eps=1e-3), (4, 3, 5, 5)),
+    "batchnorm-no-stats": (
+        lambda: L.BatchNorm2d(3, track_running_stats=False).eval(),
+        (4, 3, 5, 5),
+    ),
+    "flatten": (lambda: L.Flatten(), (2, 3, 4, 4)),
+}
+
+
+class _First(nn.Module):
+    """Keep the output of a layer that returns ``(output, indices)``."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)[0]
+
+
+class _Double(nn.Module):
+    """Make the input a non-leaf so an in-place layer may overwrite it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_layers_run_without_builtin_kernels(no_builtins, case: str) -> None:
+    build, shape = LAYER_CASES[case]
+    layer = build()
+    x = torch.randn(shape, requires_grad=True)
+    no_builtins(lambda: layer(x))
+    assert x.grad is not None
+
+
+def _class_targets() -> torch.Tensor:
+    return torch.tensor([0, 2, 4, 1, 2, 3])
+
+
+LOSS_CASES = {
+    **{
+        f"ce-{reduction}": (lambda r=reduction: L.CrossEntropyLoss(reduction=r), _class_targets)
+        for reduction in ("mean", "sum", "none")
+    },
+    "ce-weight-ignore-smoothing": (
+        lambda: L.CrossEntropyLoss(weight=torch.rand(5) + 0.1, ignore_index=2, label_smoothing=0.2),
+        _class_targets,
+    ),
+    "ce-probabilities": (
+        lambda: L.CrossEntropyLoss(label_smoothing=0.1),
+        lambda: torch.softmax(torch.randn(6, 5), dim=1),
+    ),
+    **{
+        f"nll-{reduction}": (lambda r=reduction: L.NLLLoss(reduction=r), _class_targets)
+        for reduction in ("mean", "sum", "none")
+    },
+    "nll-weight-ignore": (
+        lambda: L.NLLLoss(weight=torch.rand(5) + 0.1, ignore_index=1),
+        _class_targets,
+    ),
+    **{
+        f"mse-{reduction}": (lambda r=reduction: L.MSELoss(reduction=r), lambda: torch.randn(6, 5))
+        for reduction in ("mean", "sum", "none")
+    },
+}
+
+
+@pytest.mark.parametrize("case", sorted(LOSS_CASES))
+def test_losses_run_without_builtin_kernels(no_builtins, case: str) -> None:
+    build, make_target = LOSS_CASES[case]
+    loss, target = build(), make_target()
+    x = torch.randn(6, 5, requires_grad=True)
+    no_builtins(lambda: loss(x, target))
+    assert x.grad is not None

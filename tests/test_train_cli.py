@@ -1,0 +1,257 @@
+"""cnnlab-train: every config group composes, every optimizer trains, and the CLI keeps its
+promises about run folders, resuming, determinism, divergence, precision and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+
+from cnnlab.paths import CONF_DIR
+from cnnlab.training.builders import build_datamodule, build_model, resolve_precision
+from cnnlab.training.module import _without
+
+#: a narrow seed_cnn: in-process tests check the training spine, not the network's capacity
+SMALL = ("model.channels=[8,16,16]", "model.hidden=32")
+#: a couple of short epochs, so CLI tests exercise epoch ends, checkpoints and test in seconds
+QUICK = (
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "viz.enabled=false",
+)
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [
+        (g, o)
+        for g in ("trainer", "callbacks", "logger", "debug", "experiment")
+        for o in _options(g)
+    ],
+)
+def test_every_config_group_composes(compose_config, group: str, option: str) -> None:
+    cfg = compose_config(f"{group}={option}")
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    assert cfg.paths.output_dir and cfg.choices.model
+
+
+@pytest.mark.parametrize("option", _options("optimizer"))
+def test_optimizers_build(compose_config, option: str) -> None:
+    cfg = compose_config(f"optimizer={option}")
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    optimizer = instantiate(_without(dict(cfg.optimizer), ("full_batch",)))(params)
+    assert optimizer.defaults["lr"] == cfg.optimizer.lr
+
+
+@pytest.mark.parametrize("option", _options("loss"))
+@pytest.mark.parametrize("impl", ["builtin", "custom"])
+def test_losses_build_for_both_impls(compose_config, option: str, impl: str) -> None:
+    loss = instantiate(compose_config(f"loss={option}", f"model.impl={impl}").loss)
+    assert isinstance(loss, torch.nn.Module)
+
+
+def test_experiment_then_data_override_on_the_command_line(compose_config) -> None:
+    cfg = compose_config("experiment=seed_cifar10", "data=imagefolder", "data.root=c.tar.gz")
+    assert cfg.data._target_ == "cnnlab.data.ImageFolderDataModule"
+    assert cfg.data.normalize is False and cfg.data.batch_size == 64
+    assert cfg.optimizer.lr == 1e-3 and cfg.trainer.max_epochs == 10
+
+
+def test_unknown_key_is_named_by_hydra(compose_config) -> None:
+    with pytest.raises(ConfigCompositionException, match="max_epoch"):
+        compose_config("trainer.max_epoch=3")
+
+
+def test_bad_impl_is_explained(compose_config) -> None:
+    cfg = compose_config("model.impl=cuda")
+    with pytest.raises(ValueError, match=r"model.impl='cuda'.*custom.*builtin"):
+        build_model(cfg, build_datamodule(cfg))
+
+
+def test_auto_precision_is_32_on_cpu() -> None:
+    assert resolve_precision("auto", "cpu") == "32-true"
+    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+
+
+# One fast_dev_run per optimizer; schedulers and losses are spread over them.
+COMBOS = [
+    ("gd", "none", "cross_entropy"),
+    ("sgd", "step", "mse"),
+    ("momentum", "cosine", "nll"),
+    ("nesterov", "onecycle", "cross_entropy"),
+    ("rmsprop", "none", "mse"),
+    ("adam", "step", "nll"),
+    ("adamw", "onecycle", "cross_entropy"),
+]
+
+
+@pytest.mark.parametrize(("optimizer", "scheduler", "loss"), COMBOS)
+def test_fast_dev_run(compose_config, optimizer: str, scheduler: str, loss: str) -> None:
+    from cnnlab.train import train
+
+    cfg = compose_config(
+        f"optimizer={optimizer}",
+        f"scheduler={scheduler}",
+        f"loss={loss}",
+        "model.impl=builtin",
+        *SMALL,
+        "debug=fdr",
+        "l1=1e-5",
+        "l2=1e-4",
+    )
+    metrics, module, datamodule = train(cfg)
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    trainer = module.trainer
+    if optimizer == "gd":  # full batch: accumulate over every train batch, one step per epoch
+        assert trainer.accumulate_grad_batches == len(datamodule.train_dataloader()) > 1
+    if scheduler != "none":
+        (config,) = trainer.lr_scheduler_configs
+        assert config.interval == ("step" if scheduler == "onecycle" else "epoch")
+
+
+# -- the real CLI, in subprocesses ------------------------------------------------------------
+def _single_run(root: Path) -> Path:
+    (run_dir,) = (root / "outputs" / "train" / "runs").iterdir()
+    return run_dir
+
+
+def _metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def _csv_epochs(run_dir: Path, key: str) -> list[int]:
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        return sorted({int(row["epoch"]) for row in csv.DictReader(f) if row.get(key)})
+
+
+@pytest.mark.slow
+def test_cli_writes_the_run_folder_contract(run_cli, tmp_path: Path) -> None:
+    quick_with_plots = [o for o in QUICK if not o.startswith("viz.")]
+    result = run_cli("cnnlab.train", *quick_with_plots)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = _single_run(tmp_path)
+    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "train.log", "csv/metrics.csv"):
+        assert (run_dir / name).is_file(), name
+    for name in ("best.ckpt", "last.ckpt"):
+        ckpt = torch.load(run_dir / "checkpoints" / name, weights_only=True)
+        assert ckpt["cnnlab_config"]["paths"]["output_dir"] == str(run_dir)
+    record = _metrics(run_dir)
+    assert record["status"] == "ok" and record["error"] is None
+    assert record["overrides"] == quick_with_plots
+    assert (record["impl"], record["model"], record["data"]) == ("custom", "seed_cnn", "digits")
+    for key in ("val/acc_best", "test/acc", "test/f1", "test/precision", "test/recall"):
+        assert 0.0 <= record[key] <= 1.0, key
+    assert record["test/loss"] > 0 and record["wall_time_s"] > 0
+    header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "lr-Adam"} <= set(
+        header
+    )
+    assert f"Run folder: {run_dir}" in result.stdout + result.stderr
+    assert "test/acc" in (run_dir / "train.log").read_text()
+    assert any((run_dir / "viz").glob("*.png"))  # end-of-training plots (viz.enabled default)
+
+
+@pytest.mark.slow
+def test_resume_from_last_checkpoint_continues_at_the_next_epoch(run_cli, tmp_path) -> None:
+    first = run_cli("cnnlab.train", "model.impl=builtin", *QUICK, "hydra.run.dir=outputs/first")
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = tmp_path / "outputs/first/checkpoints/last.ckpt"
+    resumed = run_cli(
+        "cnnlab.train",
+        "model.impl=builtin",
+        *QUICK,
+        "trainer.max_epochs=3",
+        f"ckpt_path={last}",
+        "hydra.run.dir=outputs/resumed",
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _csv_epochs(tmp_path / "outputs/resumed", "val/acc") == [2]
+    ckpt = torch.load(tmp_path / "outputs/resumed/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 2  # epochs 0 and 1 came from the first run
+
+
+@pytest.mark.slow
+def test_seed_and_deterministic_repeat_exactly(run_cli, tmp_path: Path) -> None:
+    records = []
+    for name in ("a", "b"):
+        args = ("model.impl=builtin", *QUICK, "seed=7", "trainer.deterministic=true")
+        result = run_cli("cnnlab.train", *args, f"hydra.run.dir=outputs/{name}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        records.append(_metrics(tmp_path / "outputs" / name))
+    for key in ("val/acc_best", "test/acc", "test/loss", "confusion_matrix"):
+        assert records[0][key] == records[1][key], key
+
+
+@pytest.mark.slow
+def test_bf16_mixed_on_cpu(run_cli, tmp_path: Path) -> None:
+    result = run_cli("cnnlab.train", "model.impl=builtin", *QUICK, "trainer.precision=bf16-mixed")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _metrics(_single_run(tmp_path))["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_divergence_stops_with_a_message_and_keeps_the_checkpoint(run_cli, tmp_path) -> None:
+    result = run_cli(
+        "cnnlab.train",
+        "model.impl=builtin",
+        "optimizer=sgd",
+        "optimizer.lr=1e10",
+        "trainer.max_epochs=5",
+        "trainer.limit_train_batches=1",
+        "viz.enabled=false",
+    )
+    assert result.returncode != 0
+    assert "train loss became" in result.stderr and "Lower optimizer.lr" in result.stderr
+    run_dir = _single_run(tmp_path)
+    record = _metrics(run_dir)
+    assert record["status"] == "nan" and "train loss became" in record["error"]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("trainer.max_epoch=3", "max_epoch"), ("model.impl=cuda", "model.impl='cuda'")],
+)
+def test_bad_input_fails_with_a_helpful_message(run_cli, override: str, message: str) -> None:
+    result = run_cli("cnnlab.train", override, *QUICK)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_last_checkpoint_and_records_interrupted(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "cnnlab.train", "model.impl=builtin", "viz.enabled=false"]
+    proc = subprocess.Popen(
+        [*command, "trainer.max_epochs=200", "hydra.run.dir=outputs/run"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run_dir = tmp_path / "outputs" / "run"
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "last.ckpt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert _metrics(run_dir)["status"] == "interrupted", stderr[-3000:]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["cnnlab_config"]["trainer"]["max_epochs"] == 200
