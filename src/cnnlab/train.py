@@ -85,63 +85,42 @@ def run(cfg: DictConfig) -> float:
     in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     run_dir = cfg.paths.output_dir
     started = time.perf_counter()
-    status, error, metrics, extra = "ok", None, {}, {}
+
+    def record(
+        status: str, metrics: dict[str, Any], error: str | None = None, **extra: Any
+    ) -> None:
+        if rank_zero_only.rank == 0:
+            wall_time_s = time.perf_counter() - started
+            write_metrics(
+                run_dir,
+                cfg,
+                status=status,
+                metrics=metrics,
+                error=error,
+                wall_time_s=wall_time_s,
+                **extra,
+            )
+
     with isolated_job():
         try:
             metrics, module, datamodule = train(cfg)
-            if module.test_confusion_matrix is not None:
-                extra["confusion_matrix"] = module.test_confusion_matrix
-            if rank_zero_only.rank == 0:
-                render_plots(cfg, module, datamodule)
-        except NonFiniteLossError as exc:
-            status, error = "nan", str(exc)
-            _record(run_dir, cfg, status, metrics, started, error)
-            if not in_sweep:
-                raise
-            log.error("Job stopped: %s", error)
-            return math.nan
         except (KeyboardInterrupt, SystemExit) as exc:  # Lightning turns Ctrl-C into exit(1)
-            last = f"{run_dir}/checkpoints/last.ckpt"
-            _record(
-                run_dir,
-                cfg,
-                "interrupted",
-                metrics,
-                started,
-                f"interrupted ({exc!r}); resume with ckpt_path={last}",
-            )
+            resume = f"resume with ckpt_path={run_dir}/checkpoints/last.ckpt"
+            record("interrupted", {}, f"interrupted ({exc!r}); {resume}")
             raise
         except Exception as exc:
-            _record(run_dir, cfg, "failed", metrics, started, f"{type(exc).__name__}: {exc}")
+            diverged = isinstance(exc, NonFiniteLossError)
+            record("nan" if diverged else "failed", {}, str(exc) if diverged else repr(exc))
             if not in_sweep:
                 raise
-            log.exception("Job failed; the sweep goes on.")
+            log.exception("Job did not finish; the sweep goes on.")
             return math.nan
-    _record(run_dir, cfg, status, metrics, started, error, **extra)
+
     if rank_zero_only.rank == 0:
+        render_plots(cfg, module, datamodule)
         log.info("Test metrics:\n%s\nRun folder: %s", format_metrics(metrics), run_dir)
+    record("ok", metrics, confusion_matrix=module.test_confusion_matrix)
     return float(metrics.get("val/acc_best", math.nan))
-
-
-def _record(
-    run_dir: str,
-    cfg: DictConfig,
-    status: str,
-    metrics: dict,
-    started: float,
-    error: str | None,
-    **extra: Any,
-) -> None:
-    if rank_zero_only.rank == 0:
-        write_metrics(
-            run_dir,
-            cfg,
-            status=status,
-            metrics=metrics,
-            error=error,
-            wall_time_s=time.perf_counter() - started,
-            **extra,
-        )
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 from hypothesis import given
 from hypothesis import strategies as st
+from layer_testing import BF16_TOL, assert_twins_match, layer_settings, twins
 
 import cnnlab.functional as CF
 import cnnlab.layers as L
-from conftest import BF16_TOL, assert_twins_match, layer_settings, twins
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -61,8 +61,9 @@ def conv_configs(draw: st.DrawFn) -> tuple[dict, tuple[int, ...]]:
         stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
         padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
     span = [d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True)]
-    # reflect padding needs pad < size; simplest to require the input to cover the kernel.
-    hw = [s + draw(st.integers(0, 4)) for s in span]
+    # The input covers the kernel, and exceeds the padding (reflect needs pad < size).
+    pads = (0, 0) if isinstance(padding, str) else padding
+    hw = [max(s, p + 1) + draw(st.integers(0, 4)) for s, p in zip(span, pads, strict=True)]
     kwargs = {
         "in_channels": groups * draw(st.integers(1, 3)),
         "out_channels": groups * draw(st.integers(1, 3)),
@@ -142,6 +143,23 @@ def test_double_backward_is_refused_not_silently_wrong() -> None:
     (grad_x,) = torch.autograd.grad(layer(x).pow(2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad_x.sum().backward()
+
+
+def test_stacked_layers_match_torch() -> None:
+    """Consecutive convolutions reuse one im2col workspace; no layer may see another's data."""
+    custom = nn.Sequential(L.Conv2d(3, 8, 3, padding=1), nn.ReLU(), L.Conv2d(8, 4, 5, stride=2))
+    builtin = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 5, stride=2))
+    builtin.load_state_dict(custom.state_dict())
+    assert_twins_match(custom, builtin, torch.randn(2, 3, 12, 12))
+
+
+def test_training_after_inference_mode() -> None:
+    """Lightning validates under inference_mode before training; buffers must survive that."""
+    layer = L.Conv2d(3, 4, 3, padding=1)
+    with torch.inference_mode():
+        layer(torch.randn(2, 3, 16, 16))
+    layer(torch.randn(2, 3, 16, 16)).sum().backward()
+    assert layer.weight.grad is not None
 
 
 # --- drop-in contract -------------------------------------------------------------------------

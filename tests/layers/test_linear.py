@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 from hypothesis import given
 from hypothesis import strategies as st
+from layer_testing import BF16_TOL, assert_twins_match, layer_settings, twins
 
 import cnnlab.functional as CF
 import cnnlab.layers as L
-from conftest import BF16_TOL, assert_twins_match, layer_settings, twins
 
 
 @pytest.mark.parametrize("lead", [(), (3,), (2, 3), (0,)], ids=["1d", "2d", "3d", "empty"])

@@ -10,10 +10,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
+from layer_testing import BF16_TOL, layer_settings
 
 import cnnlab.functional as CF
 import cnnlab.layers as L
-from conftest import BF16_TOL, layer_settings
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -200,10 +200,15 @@ def test_cross_entropy_stays_finite_with_masked_logits() -> None:
 )
 def test_cpu_bf16_autocast_runs_in_float32_like_builtin(ours, theirs, make_target) -> None:
     x, target = torch.randn(3, 4, dtype=torch.bfloat16), make_target()
+    leaf_ours, leaf_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ours_out, theirs_out = ours(x, target), theirs(x, target)
+        ours_out, theirs_out = ours(leaf_ours, target), theirs(leaf_theirs, target)
     assert ours_out.dtype == theirs_out.dtype == torch.float32
     torch.testing.assert_close(ours_out, theirs_out, **BF16_TOL)
+    ours_out.backward()
+    theirs_out.backward()
+    assert leaf_ours.grad.dtype == leaf_theirs.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(leaf_ours.grad, leaf_theirs.grad, **BF16_TOL)
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,13 @@ leading axis is the group, so a grouped convolution is one batched GEMM.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import torch
 
 Pair = tuple[int, int]
 Padding4 = tuple[int, int, int, int]  # (top, bottom, left, right)
-
 
 _workspaces = threading.local()
 
@@ -30,15 +30,16 @@ def scratch(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     later overwritten, so a fresh tensor is returned then, as on GPUs, whose caching allocator
     already recycles memory.
     """
-    numel = 1
-    for size in shape:
-        numel *= size
+    numel = math.prod(shape)
     if like.device.type != "cpu" or torch.is_grad_enabled():
         return like.new_empty(shape)
     buffers = _workspaces.__dict__
     buffer = buffers.get(like.dtype)
     if buffer is None or buffer.numel() < numel:
-        buffer = buffers[like.dtype] = like.new_empty(numel)
+        # A buffer born under inference_mode (e.g. Lightning's validation) could not be
+        # written to by a later training step, so always allocate a normal tensor.
+        with torch.inference_mode(False):
+            buffer = buffers[like.dtype] = like.new_empty(numel)
     return buffer[:numel].view(shape)
 
 

@@ -52,7 +52,16 @@ class Conv2dFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding: Padding4, dilation, groups):
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        stride: Pair,
+        padding: Padding4,
+        dilation: Pair,
+        groups: int,
+    ) -> torch.Tensor:
         w_rows = _weight_rows(weight, groups)
         padded, out = _correlate(x, w_rows, bias, weight.shape[2:], stride, padding, dilation)
         # Keep the padded input rather than the 9x larger patch matrix: rebuilding cols in
@@ -63,7 +72,7 @@ class Conv2dFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         padded, weight, w_rows = ctx.saved_tensors
         x_shape, stride, padding, dilation, groups = ctx.geometry
         out_channels, in_per_group, kh, kw = weight.shape
@@ -170,10 +179,8 @@ def conv2d(
     """
     _check_tensors(input, weight, bias, groups, name)
     check_same_device(name, input, weight=weight, bias=bias)
-    stride, dilation = (
-        _positive_pair(stride, "stride", name),
-        _positive_pair(dilation, "dilation", name),
-    )
+    stride = _positive_pair(stride, "stride", name)
+    dilation = _positive_pair(dilation, "dilation", name)
     kernel = (weight.shape[2], weight.shape[3])
     pads = _padding4(padding, kernel, stride, dilation, name)
     unbatched = input.dim() == 3
@@ -218,7 +225,7 @@ def _check_tensors(
         )
 
 
-def _positive_pair(value: IntOrPair, what: str, name: str) -> tuple[int, int]:
+def _positive_pair(value: IntOrPair, what: str, name: str) -> Pair:
     pair_ = pair(value, f"{name} {what}")
     if min(pair_) < 1:
         raise ValueError(f"{name} expected a positive {what}, got {value!r}")
@@ -226,11 +233,7 @@ def _positive_pair(value: IntOrPair, what: str, name: str) -> tuple[int, int]:
 
 
 def _padding4(
-    padding: str | IntOrPair,
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    dilation: tuple[int, int],
-    name: str,
+    padding: str | IntOrPair, kernel: Pair, stride: Pair, dilation: Pair, name: str
 ) -> Padding4:
     """Resolve ``padding`` to (top, bottom, left, right).
 
@@ -258,9 +261,7 @@ def _padding4(
     return (ph, ph, pw, pw)
 
 
-def _check_fits(
-    x: torch.Tensor, kernel: tuple[int, int], dilation: tuple[int, int], pads: Padding4, name: str
-) -> None:
+def _check_fits(x: torch.Tensor, kernel: Pair, dilation: Pair, pads: Padding4, name: str) -> None:
     h, w = x.shape[2] + pads[0] + pads[1], x.shape[3] + pads[2] + pads[3]
     span = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
     if h < span[0] or w < span[1]:

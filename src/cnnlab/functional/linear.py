@@ -25,10 +25,16 @@ from cnnlab.functional._utils import (
 
 
 class LinearFunction(torch.autograd.Function):
-    """y = x Wᵀ + b for x of shape (*, in_features)."""
+    """y = x Wᵀ + b for x of shape (*, in_features).
+
+    ``once_differentiable``: the backward is plain code, a second derivative through it would
+    silently miss terms, so asking for one is an error.
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(
+        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         rows = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
         out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
         ctx.save_for_backward(rows, weight)
@@ -37,7 +43,7 @@ class LinearFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         rows, weight = ctx.saved_tensors
         grad_rows = grad_out.reshape(rows.shape[0], weight.shape[0])
         grad_x = grad_w = grad_b = None

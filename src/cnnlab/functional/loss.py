@@ -14,7 +14,12 @@ import warnings
 import torch
 from torch.nn import _reduction
 
-from cnnlab.functional._utils import cast_like_builtin_fp32, check_same_device, check_same_dtype
+from cnnlab.functional._utils import (
+    autocast_aware,
+    cast_like_builtin_fp32,
+    check_same_device,
+    check_same_dtype,
+)
 from cnnlab.functional.activation import log_softmax_values
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -156,6 +161,17 @@ class _NLLLoss(torch.autograd.Function):
         return -g * a, None, None, None, None
 
 
+def _in_float32(
+    function: type[torch.autograd.Function], input: torch.Tensor
+) -> type[torch.autograd.Function]:
+    """``function`` run as an autocast fp32 op: forward and backward with autocast disabled.
+
+    The inputs were already cast by :func:`cast_like_builtin_fp32` (before the checks, which
+    must see the dtypes the op will use); this keeps autocast from re-casting ops inside.
+    """
+    return autocast_aware(function, input.device.type, torch.float32)
+
+
 def _check_class_target(op: str, input: torch.Tensor, target: torch.Tensor, ignore_index: int):
     """Validate batched (N, C, ...) input against its target, with the shapes in the message."""
     if target.is_floating_point():
@@ -229,7 +245,8 @@ def cross_entropy(
     input, target, weight, unbatched = _prepare_classification(
         "cross_entropy", input, target, weight, ignore_index
     )
-    loss = _CrossEntropy.apply(input, target, weight, ignore_index, reduction, label_smoothing)
+    function = _in_float32(_CrossEntropy, input)
+    loss = function.apply(input, target, weight, ignore_index, reduction, label_smoothing)
     return loss.squeeze(0) if unbatched and reduction == "none" else loss
 
 
@@ -249,7 +266,7 @@ def nll_loss(
     )
     if target.is_floating_point():
         raise TypeError(f"nll_loss expects class-index (int64) targets, got {target.dtype}")
-    loss = _NLLLoss.apply(input, target, weight, ignore_index, reduction)
+    loss = _in_float32(_NLLLoss, input).apply(input, target, weight, ignore_index, reduction)
     return loss.squeeze(0) if unbatched and reduction == "none" else loss
 
 
@@ -308,4 +325,4 @@ def mse_loss(
             f"mse_loss: weight must have the input's shape {tuple(input.shape)}, "
             f"got {tuple(weight.shape)}"
         )
-    return _MSELoss.apply(input, target, weight, reduction)
+    return _in_float32(_MSELoss, input).apply(input, target, weight, reduction)

@@ -4,7 +4,8 @@ Each window position ``(kh, kw)`` is one strided slice of the (padded) input, so
 is ``kh * kw`` elementwise ops over output-sized tensors: no unfold, no windows copy, and every
 memory layout (channels_last from a conv, transposed views) works unchanged. Max pooling scans
 the window positions in PyTorch's order with PyTorch's update rule, so ties and NaNs pick the
-same element as the built-in kernel and gradients route to the same place.
+same element as the built-in kernel; it saves only that window position (one byte per output)
+and its backward scatter-adds each gradient there. Average pooling saves nothing but shapes.
 """
 
 from __future__ import annotations
@@ -134,56 +135,94 @@ def _window_offsets(dims: tuple[PoolGeometry, PoolGeometry], device: torch.devic
     return (kh[:, None] * gw.size + kw[None, :]).flatten()
 
 
+def _first_in_bounds(g: PoolGeometry, device: torch.device) -> torch.Tensor:
+    """Per output, the smallest tap ``k`` with ``start + k * dilation >= 0``."""
+    before = (-g.starts(device)).clamp_min(0)
+    return (before + g.dilation - 1).div(g.dilation, rounding_mode="floor")
+
+
 def _first_valid_tap(dims: tuple[PoolGeometry, PoolGeometry], device: torch.device) -> torch.Tensor:
     """Per output, the first window position inside the input: where ATen's scan starts."""
-    firsts = []
+    first_h, first_w = (_first_in_bounds(g, device) for g in dims)
+    return first_h[:, None] * dims[1].kernel + first_w[None, :]
+
+
+def _empty_windows(dims: tuple[PoolGeometry, PoolGeometry], device: torch.device) -> torch.Tensor:
+    """(OH, OW) mask of windows whose taps all miss the input (dilation can skip over it).
+
+    ATen outputs -inf there with an index past the window's row; such windows depend on no
+    input, so their gradient is dropped rather than scattered to that index.
+    """
+    empty = []
     for g in dims:
-        # Smallest k with start + k * dilation >= 0, i.e. ceil(-start / dilation) clamped at 0.
-        before = (-g.starts(device)).clamp_min(0)
-        firsts.append((before + g.dilation - 1).div(g.dilation, rounding_mode="floor"))
-    return firsts[0][:, None] * dims[1].kernel + firsts[1][None, :]
+        first = _first_in_bounds(g, device)
+        empty.append((first >= g.kernel) | (g.starts(device) + first * g.dilation >= g.size))
+    return empty[0][:, None] | empty[1][None, :]
 
 
-def _is_fast_max(dims: tuple[PoolGeometry, PoolGeometry]) -> bool:
-    """Non-overlapping, unpadded, undilated windows: the 2x2/stride-2 case of every CNN."""
-    return all(
-        g.kernel == g.stride and g.padding == 0 and g.dilation == 1 and g.out * g.kernel <= g.size
-        for g in dims
-    )
+def _inside_input(dims: tuple[PoolGeometry, PoolGeometry]) -> bool:
+    """Whether every window lies inside the unpadded input (e.g. the ubiquitous 2x2 / stride 2).
+
+    Then the scan reads the input in place and every window starts at its first tap, which
+    skips the padded copy and the -inf initialisation.
+    """
+    return all(g.padding == 0 and g.padded == g.size for g in dims)
 
 
 class _MaxPool2d(torch.autograd.Function):
-    """Max pooling over 4-D input; saves only the argmax of each window for backward."""
+    """Max pooling over 4-D input; saves only each window's argmax position (one byte each)."""
 
     @staticmethod
     def forward(ctx, input, dims: tuple[PoolGeometry, PoolGeometry], return_indices: bool):
-        fast = _is_fast_max(dims)
-        output, arg = _scan_max(input if fast else _padded(input, dims, -math.inf), dims, fast)
-        indices = _plane_indices(arg, dims) if return_indices or not fast else None
-        ctx.dims, ctx.fast, ctx.input_shape = dims, fast, input.shape
+        inside = _inside_input(dims)
+        output, arg = _scan_max(_padded(input, dims, -math.inf), dims, inside)
+        ctx.dims, ctx.input_shape = dims, input.shape
         ctx.input_format = _memory_format(input)
-        ctx.save_for_backward(arg if fast else indices)
+        ctx.save_for_backward(arg)
         if not return_indices:
             return output
+        indices = _plane_indices(arg, dims)
         ctx.mark_non_differentiable(indices)
         return output, indices
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, *_grad_indices: torch.Tensor):
-        (saved,) = ctx.saved_tensors
-        if ctx.fast:
-            grad_input = _max_backward_fast(
-                grad, saved, ctx.dims, ctx.input_shape, ctx.input_format
-            )
-            return grad_input, None, None
-        n, c, h, w = ctx.input_shape
-        grad_input = grad.new_zeros((n, c, h * w))
-        grad_input.scatter_add_(2, saved.flatten(2), grad.flatten(2))
-        return grad_input.view(n, c, h, w).contiguous(memory_format=ctx.input_format), None, None
+        (arg,) = ctx.saved_tensors
+        indices = _plane_indices(arg, ctx.dims)
+        empty = _empty_windows(ctx.dims, grad.device)
+        if empty.any():
+            grad, indices = grad.masked_fill(empty, 0), indices.masked_fill(empty, 0)
+        return _scatter_to_plane(grad, indices, ctx.input_shape, ctx.input_format), None, None
+
+
+def _scatter_to_plane(
+    grad: torch.Tensor,
+    indices: torch.Tensor,
+    input_shape: torch.Size,
+    input_format: torch.memory_format,
+) -> torch.Tensor:
+    """Add each output gradient to its argmax in the flattened ``H * W`` plane (ATen's routing).
+
+    For channels_last input the plane is scattered as (N, H * W, C), so the gradient comes out
+    in the same layout as the input with contiguous writes along C.
+    """
+    n, c, h, w = input_shape
+    outputs = indices.shape[2] * indices.shape[3]
+    if input_format == torch.channels_last:
+        grad_input = grad.new_zeros((n, h * w, c))
+        grad_input.scatter_add_(
+            1,
+            indices.permute(0, 2, 3, 1).reshape(n, outputs, c),
+            grad.permute(0, 2, 3, 1).reshape(n, outputs, c),
+        )
+        return grad_input.view(n, h, w, c).permute(0, 3, 1, 2)
+    grad_input = grad.new_zeros((n, c, h * w))
+    grad_input.scatter_add_(2, indices.reshape(n, c, outputs), grad.reshape(n, c, outputs))
+    return grad_input.view(n, c, h, w)
 
 
 def _scan_max(
-    source: torch.Tensor, dims: tuple[PoolGeometry, PoolGeometry], fast: bool
+    source: torch.Tensor, dims: tuple[PoolGeometry, PoolGeometry], inside: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Max and argmax (window position) of every window, choosing the element ATen chooses.
 
@@ -192,14 +231,14 @@ def _scan_max(
     taken. The common NaN-free case skips the NaN test (fewer passes over memory); NaN still
     propagates through ``maximum``, and only then is the exact rule replayed.
     """
-    output, arg = _scan_taps(source, dims, fast, nan_aware=False)
+    output, arg = _scan_taps(source, dims, inside, nan_aware=False)
     if output.isnan().any():
-        output, arg = _scan_taps(source, dims, fast, nan_aware=True)
+        output, arg = _scan_taps(source, dims, inside, nan_aware=True)
     return output, arg
 
 
 def _scan_taps(
-    source: torch.Tensor, dims: tuple[PoolGeometry, PoolGeometry], fast: bool, nan_aware: bool
+    source: torch.Tensor, dims: tuple[PoolGeometry, PoolGeometry], inside: bool, nan_aware: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass per window position over preallocated buffers, using only vectorised ops.
 
@@ -211,7 +250,7 @@ def _scan_taps(
     taps = gh.kernel * gw.kernel
     first = source[..., gh.taps(0), gw.taps(0)]
     arg = torch.empty_like(first, dtype=torch.uint8 if taps <= 256 else torch.int32)
-    if fast:  # no padding: every window starts at tap 0
+    if inside:  # every window starts at tap 0
         best, start = first.clone(), 1
         arg.zero_()
     else:
@@ -236,33 +275,7 @@ def _plane_indices(arg: torch.Tensor, dims: tuple[PoolGeometry, PoolGeometry]) -
     gh, gw = dims
     device = arg.device
     origin = gh.starts(device)[:, None] * gw.size + gw.starts(device)[None, :]
-    return origin + _window_offsets(dims, device)[arg.long()]
-
-
-def _max_backward_fast(
-    grad: torch.Tensor,
-    arg: torch.Tensor,
-    dims: tuple[PoolGeometry, PoolGeometry],
-    input_shape: torch.Size,
-    input_format: torch.memory_format,
-) -> torch.Tensor:
-    """Scatter-free backward: the windows tile the input, so each window position is one
-    strided slice of the input gradient, written once as ``grad * (arg == k)`` (a one-hot
-    multiply: unlike ATen's scatter, a non-finite upstream gradient also reaches the window's
-    other slots)."""
-    gh, gw = dims
-    exact = gh.out * gh.kernel == gh.size and gw.out * gw.kernel == gw.size
-    grad_input = torch.empty(
-        input_shape, dtype=grad.dtype, device=grad.device, memory_format=input_format
-    )
-    if not exact:  # floor mode dropped trailing rows/columns: they get zero gradient
-        grad_input.zero_()
-    # The one-hot mask is built in the gradient's dtype: a bool mask would be cast on every mul.
-    selected = torch.empty_like(grad)
-    for k in range(gh.kernel * gw.kernel):
-        window = grad_input[..., gh.taps(k // gw.kernel), gw.taps(k % gw.kernel)]
-        torch.mul(grad, torch.eq(arg, k, out=selected), out=window)
-    return grad_input
+    return torch.take(_window_offsets(dims, device), arg.long()).add_(origin)
 
 
 class _AvgPool2d(torch.autograd.Function):
