@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from layer_testing import BF16_TOL, assert_twins_match, layer_settings, twins
 
 import cnnlab.functional as CF
+import cnnlab.functional._im2col as im2col_module
 import cnnlab.layers as L
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -146,11 +147,22 @@ def test_double_backward_is_refused_not_silently_wrong() -> None:
 
 
 def test_stacked_layers_match_torch() -> None:
-    """Consecutive convolutions reuse one im2col workspace; no layer may see another's data."""
+    """Consecutive convolutions, channels-last between them, match torch end to end."""
     custom = nn.Sequential(L.Conv2d(3, 8, 3, padding=1), nn.ReLU(), L.Conv2d(8, 4, 5, stride=2))
     builtin = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 5, stride=2))
     builtin.load_state_dict(custom.state_dict())
     assert_twins_match(custom, builtin, torch.randn(2, 3, 12, 12))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_patch_matrix_built_in_batch_chunks_matches_one_shot(monkeypatch, stride) -> None:
+    """A batch split into several im2col chunks (forward, grad_input and grad_weight) is exact."""
+    monkeypatch.setattr(im2col_module, "CHUNK_BYTES", 3000)  # a few images per chunk
+    custom = L.Conv2d(3, 5, 3, stride=stride, padding=1)
+    builtin = nn.Conv2d(3, 5, 3, stride=stride, padding=1)
+    builtin.load_state_dict(custom.state_dict())
+    x = torch.randn(7, 3, 9, 9, dtype=torch.float64)
+    assert_twins_match(custom.double(), builtin.double(), x)
 
 
 def test_training_after_inference_mode() -> None:

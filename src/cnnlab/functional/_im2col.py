@@ -9,38 +9,25 @@ leading axis is the group, so a grouped convolution is one batched GEMM.
 
 from __future__ import annotations
 
-import math
-import threading
+from collections.abc import Iterator
 
 import torch
 
 Pair = tuple[int, int]
 Padding4 = tuple[int, int, int, int]  # (top, bottom, left, right)
 
-_workspaces = threading.local()
+#: Bytes of patch matrix built at a time. Patches are kh*kw times larger than the input, so a
+#: whole batch's worth (150 MB for CIFAR's second conv at batch 256) would dominate the step's
+#: memory. Chunks this size stay below glibc's mmap threshold, so after the first step they are
+#: recycled from the heap instead of being page-faulted in afresh, and the GEMM runs from cache.
+CHUNK_BYTES = 4 * 2**20
 
 
-def scratch(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """A reusable uninitialised buffer for a patch matrix that lives only for one GEMM.
-
-    Patch matrices are large (kh*kw times the input) and short-lived. On CPU a fresh buffer of
-    that size comes straight from the OS and is page-faulted in on first write, which costs
-    more than the im2col copy itself; reusing one per thread and dtype (Caffe's ``col_buffer``)
-    removes that. Under grad mode (double backward) the buffer could be saved by autograd and
-    later overwritten, so a fresh tensor is returned then, as on GPUs, whose caching allocator
-    already recycles memory.
-    """
-    numel = math.prod(shape)
-    if like.device.type != "cpu" or torch.is_grad_enabled():
-        return like.new_empty(shape)
-    buffers = _workspaces.__dict__
-    buffer = buffers.get(like.dtype)
-    if buffer is None or buffer.numel() < numel:
-        # A buffer born under inference_mode (e.g. Lightning's validation) could not be
-        # written to by a later training step, so always allocate a normal tensor.
-        with torch.inference_mode(False):
-            buffer = buffers[like.dtype] = like.new_empty(numel)
-    return buffer[:numel].view(shape)
+def batch_chunks(n: int, bytes_per_image: int) -> Iterator[slice]:
+    """Slices of the batch whose patch matrices take about :data:`CHUNK_BYTES` each."""
+    step = max(1, CHUNK_BYTES // max(1, bytes_per_image))
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
 
 
 def output_size(size: int, kernel: int, stride: int, dilation: int) -> int:
@@ -76,8 +63,8 @@ def im2col(
 
     Returns (groups, N*Ho*Wo, kh*kw*C/groups). The patches are first described as an
     ``as_strided`` view (no copy: a patch is just a different walk over the same memory), then
-    one copy into a :func:`scratch` buffer lays them out for the GEMM. The result is only valid
-    until the next call on this thread: use it and drop it.
+    one copy lays them out for the GEMM. Call it on a :func:`batch_chunks` slice of the batch
+    to bound its size.
     """
     n, hp, wp, c = padded.shape
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
@@ -89,31 +76,27 @@ def im2col(
         (cg * s_c, s_n, s_h * sh, s_w * sw, s_h * dh, s_w * dw, s_c),
         padded.storage_offset(),
     )
-    cols = scratch((groups, n * ho * wo, kh * kw * cg), padded)
+    cols = padded.new_empty((groups, n * ho * wo, kh * kw * cg))
     cols.view(patches.shape).copy_(patches)
     return cols
 
 
-def col2im(
-    cols: torch.Tensor,
-    padded_shape: tuple[int, int, int, int],
-    kernel: Pair,
-    stride: Pair,
-    dilation: Pair,
+def col2im_add_(
+    image: torch.Tensor, cols: torch.Tensor, kernel: Pair, stride: Pair, dilation: Pair
 ) -> torch.Tensor:
     """Adjoint of :func:`im2col`: add every column entry back onto the pixel it was read from.
 
-    ``cols`` is (groups, N*Ho*Wo, kh*kw*C/groups); returns (N, Hp, Wp, C). Pixels shared by
-    overlapping patches receive the sum of their contributions -- which is exactly the gradient
-    of a gather. One strided slice-add per kernel position (kh*kw of them), each covering all
-    patches at once, instead of a scatter per element.
+    ``cols`` is (groups, N*Ho*Wo, kh*kw*C/groups) for the images of ``image`` (N, Hp, Wp, C),
+    which is updated in place and returned. Pixels shared by overlapping patches receive the sum
+    of their contributions -- which is exactly the gradient of a gather. One strided slice-add
+    per kernel position (kh*kw of them), each covering all patches at once, instead of a
+    scatter per element.
     """
-    n, hp, wp, c = padded_shape
+    n, hp, wp, c = image.shape
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     ho, wo = output_size(hp, kh, sh, dh), output_size(wp, kw, sw, dw)
     groups = cols.shape[0]
     patches = cols.view(groups, n, ho, wo, kh, kw, c // groups).permute(1, 2, 3, 4, 5, 0, 6)
-    image = cols.new_zeros(padded_shape)
     image_by_group = image.view(n, hp, wp, groups, c // groups)
     for i in range(kh):
         rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)

@@ -25,11 +25,11 @@ from torch.autograd.function import once_differentiable
 
 from cnnlab.functional._im2col import (
     Padding4,
-    col2im,
+    batch_chunks,
+    col2im_add_,
     im2col,
     output_size,
     pad_channels_last,
-    scratch,
 )
 from cnnlab.functional._utils import (
     autocast_aware,
@@ -37,6 +37,7 @@ from cnnlab.functional._utils import (
     cast_like_builtin_lowp,
     check_same_device,
     check_same_dtype,
+    opmath_dtype,
     pair,
 )
 
@@ -91,17 +92,20 @@ class Conv2dFunction(torch.autograd.Function):
                 flipped = _flipped_weight_rows(weight, groups)
                 _, grad_x = _correlate(grad_out, flipped, None, (kh, kw), stride, full, dilation)
             else:
-                grad_cols = scratch((groups, n * ho * wo, w_rows.shape[2]), grad_out)
-                torch.bmm(grad_rows, w_rows, out=grad_cols)  # (G, M, K)
-                grad_padded = col2im(grad_cols, padded.shape, (kh, kw), stride, dilation)
-                top, _, left, _ = padding
-                h, w = x_shape[2], x_shape[3]
-                grad_x = grad_padded[:, top : top + h, left : left + w].permute(0, 3, 1, 2)
+                grad_x = _col2im_grad(
+                    grad_rows, w_rows, padded.shape, x_shape, (kh, kw), stride, padding, dilation
+                )
         if ctx.needs_input_grad[1]:
-            cols = im2col(padded, (kh, kw), stride, dilation, groups)
-            grad_w_rows = torch.bmm(grad_rows.transpose(1, 2), cols)  # (G, O/G, K)
+            # Summed over chunks in float32 even for bf16/fp16 inputs, as one GEMM would.
+            grad_w_rows = w_rows.new_zeros(w_rows.shape, dtype=opmath_dtype(w_rows.dtype))
+            rows_per_image = ho * wo
+            for chunk in batch_chunks(n, rows_per_image * w_rows.shape[2] * padded.element_size()):
+                cols = im2col(padded[chunk], (kh, kw), stride, dilation, groups)
+                rows = grad_rows[:, chunk.start * rows_per_image : chunk.stop * rows_per_image]
+                grad_w_rows.add_(torch.bmm(rows.transpose(1, 2), cols))  # (G, O/G, K)
             grad_w = (
-                grad_w_rows.view(out_channels, kh, kw, in_per_group)
+                grad_w_rows.to(weight.dtype)
+                .view(out_channels, kh, kw, in_per_group)
                 .permute(0, 3, 1, 2)
                 .contiguous()
             )
@@ -119,20 +123,61 @@ def _correlate(
     padding: Padding4,
     dilation: Pair,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """im2col + one (batched over groups) GEMM; returns (padded input, NCHW channels-last output)."""
-    groups, out_per_group, _ = w_rows.shape
+    """im2col + GEMM (batched over groups); returns (padded input, NCHW channels-last output).
+
+    The patch matrix is built a chunk of images at a time (see ``batch_chunks``); each chunk's
+    GEMM writes straight into its rows of the output.
+    """
+    groups, out_per_group, k = w_rows.shape
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     padded = pad_channels_last(x, padding)
-    cols = im2col(padded, (kh, kw), stride, dilation, groups)  # (G, N*Ho*Wo, K)
-    if bias is None:
-        out = torch.bmm(cols, w_rows.transpose(1, 2))
-    else:
-        out = torch.baddbmm(bias.view(groups, 1, -1), cols, w_rows.transpose(1, 2))
     n, hp, wp, _ = padded.shape
     ho, wo = output_size(hp, kh, sh, dh), output_size(wp, kw, sw, dw)
-    # (G, M, O/G) -> (M, O) is free for one group; groups need one interleaving copy.
-    out = out.transpose(0, 1).reshape(n, ho, wo, groups * out_per_group)
+    out = padded.new_empty((n, ho, wo, groups * out_per_group))
+    # (N*Ho*Wo, G*O/G) seen as (G, N*Ho*Wo, O/G): contiguous rows for one group.
+    out_rows = out.view(n * ho * wo, groups, out_per_group).transpose(0, 1)
+    w_cols = w_rows.transpose(1, 2)
+    for chunk in batch_chunks(n, ho * wo * k * padded.element_size()):
+        cols = im2col(padded[chunk], (kh, kw), stride, dilation, groups)  # (G, m, K)
+        target = out_rows[:, chunk.start * ho * wo : chunk.stop * ho * wo]
+        if groups > 1:  # bmm cannot write into interleaved group columns
+            target.copy_(_gemm(cols, w_cols, bias, groups))
+        elif bias is None:
+            torch.bmm(cols, w_cols, out=target)
+        else:
+            torch.baddbmm(bias.view(1, 1, -1), cols, w_cols, out=target)
     return padded, out.permute(0, 3, 1, 2)
+
+
+def _gemm(
+    cols: torch.Tensor, w_cols: torch.Tensor, bias: torch.Tensor | None, groups: int
+) -> torch.Tensor:
+    if bias is None:
+        return torch.bmm(cols, w_cols)
+    return torch.baddbmm(bias.view(groups, 1, -1), cols, w_cols)
+
+
+def _col2im_grad(
+    grad_rows: torch.Tensor,
+    w_rows: torch.Tensor,
+    padded_shape: torch.Size,
+    x_shape: torch.Size,
+    kernel: Pair,
+    stride: Pair,
+    padding: Padding4,
+    dilation: Pair,
+) -> torch.Tensor:
+    """dL/dx for strided or over-padded convolutions: col2im(G·W), a chunk of images at a time."""
+    n = padded_shape[0]
+    rows_per_image = grad_rows.shape[1] // max(n, 1)
+    grad_padded = grad_rows.new_zeros(padded_shape)
+    for chunk in batch_chunks(n, rows_per_image * w_rows.shape[2] * grad_rows.element_size()):
+        rows = grad_rows[:, chunk.start * rows_per_image : chunk.stop * rows_per_image]
+        grad_cols = torch.bmm(rows, w_rows)  # (G, m, K)
+        col2im_add_(grad_padded[chunk], grad_cols, kernel, stride, dilation)
+    top, _, left, _ = padding
+    h, w = x_shape[2], x_shape[3]
+    return grad_padded[:, top : top + h, left : left + w].permute(0, 3, 1, 2)
 
 
 def _weight_rows(weight: torch.Tensor, groups: int) -> torch.Tensor:

@@ -5,168 +5,32 @@ is ``kh * kw`` elementwise ops over output-sized tensors: no unfold, no windows 
 memory layout (channels_last from a conv, transposed views) works unchanged. Max pooling scans
 the window positions in PyTorch's order with PyTorch's update rule, so ties and NaNs pick the
 same element as the built-in kernel; it saves only that window position (one byte per output)
-and its backward scatter-adds each gradient there. Average pooling saves nothing but shapes.
+and its backward routes each gradient there: for disjoint windows (the usual 2x2 / stride 2) by
+one masked write per window position, otherwise by a scatter-add into the input plane. Average
+pooling saves nothing but shapes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
-from cnnlab.functional._utils import opmath_dtype, pair
-
-IntPair = int | Sequence[int]
-
-
-@dataclass(frozen=True)
-class PoolGeometry:
-    """Window arithmetic for one spatial dimension, following ATen's ``pooling_output_shape``."""
-
-    size: int
-    kernel: int
-    stride: int
-    padding: int
-    dilation: int
-    out: int
-
-    @classmethod
-    def build(
-        cls, size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool
-    ) -> PoolGeometry:
-        span = size + 2 * padding - dilation * (kernel - 1) - 1
-        out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
-        # In ceil mode the last window must still start inside the input or the left padding.
-        if ceil_mode and (out - 1) * stride >= size + padding:
-            out -= 1
-        return cls(size, kernel, stride, padding, dilation, out)
-
-    @property
-    def padded(self) -> int:
-        """Length the padded input needs so that every window, incl. ceil-mode overhang, fits."""
-        return max(self.size + self.padding, (self.out - 1) * self.stride + self.extent)
-
-    @property
-    def extent(self) -> int:
-        return self.dilation * (self.kernel - 1) + 1
-
-    def taps(self, k: int) -> slice:
-        """Slice of the padded input holding window position ``k`` of every output."""
-        start = k * self.dilation
-        return slice(start, start + (self.out - 1) * self.stride + 1, self.stride)
-
-    def starts(self, device: torch.device) -> torch.Tensor:
-        return torch.arange(self.out, device=device) * self.stride - self.padding
-
-
-def _check_input(op: str, input: torch.Tensor) -> None:
-    if input.dim() not in (3, 4) or any(s == 0 for s in input.shape[-3:]):
-        raise ValueError(
-            f"{op} expected a 3-D (C, H, W) or 4-D (N, C, H, W) input with non-zero C, H, W, "
-            f"got shape {tuple(input.shape)}"
-        )
-    if not input.is_floating_point():
-        raise TypeError(f"{op} expected a floating-point input, got {input.dtype}")
-
-
-def _geometry(
-    op: str,
-    input: torch.Tensor,
-    kernel_size: IntPair,
-    stride: IntPair | None,
-    padding: IntPair,
-    dilation: IntPair,
-    ceil_mode: bool,
-) -> tuple[PoolGeometry, PoolGeometry]:
-    """Validate the pooling arguments like ATen does, with messages that say what to change."""
-    kernel = pair(kernel_size, "kernel_size")
-    # torch.nn stores "no stride" as None or, in older pickles, an empty list.
-    step = pair(stride, "stride") if stride not in (None, [], ()) else kernel
-    pad, dil = pair(padding, "padding"), pair(dilation, "dilation")
-    for name, value in (("kernel_size", kernel), ("stride", step), ("dilation", dil)):
-        if min(value) <= 0:
-            raise ValueError(f"{op}: {name} must be positive, got {value}")
-    if min(pad) < 0 or any(p > k // 2 for p, k in zip(pad, kernel, strict=True)):
-        raise ValueError(
-            f"{op}: padding must be between 0 and half the kernel size, got padding={pad} "
-            f"for kernel_size={kernel}"
-        )
-    dims = tuple(
-        PoolGeometry.build(size, k, s, p, d, ceil_mode)
-        for size, k, s, p, d in zip(input.shape[-2:], kernel, step, pad, dil, strict=True)
-    )
-    if min(g.out for g in dims) < 1:
-        raise ValueError(
-            f"{op}: kernel_size={kernel} (dilation={dil}) does not fit the input of spatial "
-            f"size {tuple(input.shape[-2:])} with padding={pad}; use a smaller kernel or more "
-            f"padding"
-        )
-    return dims  # type: ignore[return-value]
-
-
-def _padded(
-    input: torch.Tensor, dims: tuple[PoolGeometry, PoolGeometry], fill: float
-) -> torch.Tensor:
-    """The input surrounded by ``fill``, keeping its memory layout; the input itself if no pad."""
-    gh, gw = dims
-    if gh.padded == gh.size and gw.padded == gw.size:
-        return input
-    fmt = _memory_format(input)
-    shape = (*input.shape[:2], gh.padded, gw.padded)
-    out = input.new_full(shape, fill).contiguous(memory_format=fmt)
-    out[..., gh.padding : gh.padding + gh.size, gw.padding : gw.padding + gw.size] = input
-    return out
-
-
-def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    """channels_last when ``t`` is laid out that way (a conv's output often is), else NCHW."""
-    if t.is_contiguous() or not t.is_contiguous(memory_format=torch.channels_last):
-        return torch.contiguous_format
-    return torch.channels_last
-
-
-def _window_offsets(dims: tuple[PoolGeometry, PoolGeometry], device: torch.device) -> torch.Tensor:
-    """Flat ``ih * W + iw`` offset of each window position relative to the window's origin."""
-    gh, gw = dims
-    kh = torch.arange(gh.kernel, device=device) * gh.dilation
-    kw = torch.arange(gw.kernel, device=device) * gw.dilation
-    return (kh[:, None] * gw.size + kw[None, :]).flatten()
-
-
-def _first_in_bounds(g: PoolGeometry, device: torch.device) -> torch.Tensor:
-    """Per output, the smallest tap ``k`` with ``start + k * dilation >= 0``."""
-    before = (-g.starts(device)).clamp_min(0)
-    return (before + g.dilation - 1).div(g.dilation, rounding_mode="floor")
-
-
-def _first_valid_tap(dims: tuple[PoolGeometry, PoolGeometry], device: torch.device) -> torch.Tensor:
-    """Per output, the first window position inside the input: where ATen's scan starts."""
-    first_h, first_w = (_first_in_bounds(g, device) for g in dims)
-    return first_h[:, None] * dims[1].kernel + first_w[None, :]
-
-
-def _empty_windows(dims: tuple[PoolGeometry, PoolGeometry], device: torch.device) -> torch.Tensor:
-    """(OH, OW) mask of windows whose taps all miss the input (dilation can skip over it).
-
-    ATen outputs -inf there with an index past the window's row; such windows depend on no
-    input, so their gradient is dropped rather than scattered to that index.
-    """
-    empty = []
-    for g in dims:
-        first = _first_in_bounds(g, device)
-        empty.append((first >= g.kernel) | (g.starts(device) + first * g.dilation >= g.size))
-    return empty[0][:, None] | empty[1][None, :]
-
-
-def _inside_input(dims: tuple[PoolGeometry, PoolGeometry]) -> bool:
-    """Whether every window lies inside the unpadded input (e.g. the ubiquitous 2x2 / stride 2).
-
-    Then the scan reads the input in place and every window starts at its first tap, which
-    skips the padded copy and the -inf initialisation.
-    """
-    return all(g.padding == 0 and g.padded == g.size for g in dims)
+from cnnlab.functional._pool_windows import (
+    IntPair,
+    PoolGeometry,
+    check_input,
+    disjoint_windows,
+    empty_windows,
+    first_valid_tap,
+    inside_input,
+    layout_of,
+    pad_input,
+    pool_geometry,
+    to_batched,
+    window_offsets,
+)
+from cnnlab.functional._utils import opmath_dtype
 
 
 class _MaxPool2d(torch.autograd.Function):
@@ -174,10 +38,10 @@ class _MaxPool2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, dims: tuple[PoolGeometry, PoolGeometry], return_indices: bool):
-        inside = _inside_input(dims)
-        output, arg = _scan_max(_padded(input, dims, -math.inf), dims, inside)
+        inside = inside_input(dims)
+        output, arg = _scan_max(pad_input(input, dims, -math.inf), dims, inside)
         ctx.dims, ctx.input_shape = dims, input.shape
-        ctx.input_format = _memory_format(input)
+        ctx.input_format = layout_of(input)
         ctx.save_for_backward(arg)
         if not return_indices:
             return output
@@ -188,11 +52,44 @@ class _MaxPool2d(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor, *_grad_indices: torch.Tensor):
         (arg,) = ctx.saved_tensors
+        if disjoint_windows(ctx.dims):
+            return (
+                _route_to_taps(grad, arg, ctx.dims, ctx.input_shape, ctx.input_format),
+                None,
+                None,
+            )
         indices = _plane_indices(arg, ctx.dims)
-        empty = _empty_windows(ctx.dims, grad.device)
+        empty = empty_windows(ctx.dims, grad.device)
         if empty.any():
             grad, indices = grad.masked_fill(empty, 0), indices.masked_fill(empty, 0)
         return _scatter_to_plane(grad, indices, ctx.input_shape, ctx.input_format), None, None
+
+
+def _route_to_taps(
+    grad: torch.Tensor,
+    arg: torch.Tensor,
+    dims: tuple[PoolGeometry, PoolGeometry],
+    input_shape: torch.Size,
+    input_format: torch.memory_format,
+) -> torch.Tensor:
+    """Gradient routing for disjoint windows: slice ``k`` gets ``grad * [argmax == k]``.
+
+    ``kh * kw`` elementwise writes into strided views replace ATen's scatter; pixels no window
+    covers (a remainder row or column, or stride > kernel) are the only ones zero-filled.
+    """
+    gh, gw = dims
+    covered = gh.out * gh.stride == gh.size and gw.out * gw.stride == gw.size
+    covered = covered and gh.stride == gh.kernel and gw.stride == gw.kernel
+    grad_input = torch.empty(
+        input_shape, dtype=grad.dtype, device=grad.device, memory_format=input_format
+    )
+    if not covered:
+        grad_input.zero_()
+    hit = torch.empty_like(arg, dtype=torch.bool)
+    for k in range(gh.kernel * gw.kernel):
+        torch.eq(arg, k, out=hit)
+        torch.mul(grad, hit, out=grad_input[..., gh.taps(k // gw.kernel), gw.taps(k % gw.kernel)])
+    return grad_input
 
 
 def _scatter_to_plane(
@@ -231,14 +128,17 @@ def _scan_max(
     taken. The common NaN-free case skips the NaN test (fewer passes over memory); NaN still
     propagates through ``maximum``, and only then is the exact rule replayed.
     """
-    output, arg = _scan_taps(source, dims, inside, nan_aware=False)
+    output, arg = _scan_taps(source, dims, inside)
     if output.isnan().any():
         output, arg = _scan_taps(source, dims, inside, nan_aware=True)
     return output, arg
 
 
 def _scan_taps(
-    source: torch.Tensor, dims: tuple[PoolGeometry, PoolGeometry], inside: bool, nan_aware: bool
+    source: torch.Tensor,
+    dims: tuple[PoolGeometry, PoolGeometry],
+    inside: bool,
+    nan_aware: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One pass per window position over preallocated buffers, using only vectorised ops.
 
@@ -255,7 +155,7 @@ def _scan_taps(
         arg.zero_()
     else:
         best, start = torch.full_like(first, -math.inf), 0
-        arg.copy_(_first_valid_tap(dims, source.device).expand(first.shape))
+        arg.copy_(first_valid_tap(dims, source.device).expand(first.shape))
     took, stamp = torch.empty_like(arg, dtype=torch.bool), torch.empty_like(arg)
     for k in range(start, taps):
         value = source[..., gh.taps(k // gw.kernel), gw.taps(k % gw.kernel)]
@@ -275,7 +175,7 @@ def _plane_indices(arg: torch.Tensor, dims: tuple[PoolGeometry, PoolGeometry]) -
     gh, gw = dims
     device = arg.device
     origin = gh.starts(device)[:, None] * gw.size + gw.starts(device)[None, :]
-    return torch.take(_window_offsets(dims, device), arg.long()).add_(origin)
+    return torch.take(window_offsets(dims, device), arg.long()).add_(origin)
 
 
 class _AvgPool2d(torch.autograd.Function):
@@ -284,13 +184,13 @@ class _AvgPool2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, dims, count_include_pad: bool, divisor_override: int | None):
         gh, gw = dims
-        source = _padded(input, dims, 0.0)
+        source = pad_input(input, dims, 0.0)
         total = source[..., gh.taps(0), gw.taps(0)].to(opmath_dtype(input.dtype), copy=True)
         for k in range(1, gh.kernel * gw.kernel):
             total.add_(source[..., gh.taps(k // gw.kernel), gw.taps(k % gw.kernel)])
         divisor = _avg_divisor(dims, count_include_pad, divisor_override, total)
         ctx.dims, ctx.divisor, ctx.input_shape = dims, divisor, input.shape
-        ctx.input_format = _memory_format(input)
+        ctx.input_format = layout_of(input)
         return (total / divisor).to(input.dtype)
 
     @staticmethod
@@ -333,10 +233,6 @@ def _avg_divisor(
     return (counts[0][:, None] * counts[1][None, :]).to(like.dtype)
 
 
-def _batched(input: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    return (input, False) if input.dim() == 4 else (input.unsqueeze(0), True)
-
-
 def max_pool2d(
     input: torch.Tensor,
     kernel_size: IntPair,
@@ -347,9 +243,9 @@ def max_pool2d(
     return_indices: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Drop-in for ``torch.nn.functional.max_pool2d`` (same arguments, ties, NaNs, indices)."""
-    _check_input("max_pool2d", input)
-    dims = _geometry("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode)
-    batched, unbatched = _batched(input)
+    check_input("max_pool2d", input)
+    dims = pool_geometry("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode)
+    batched, unbatched = to_batched(input)
     result = _MaxPool2d.apply(batched, dims, return_indices)
     if not unbatched:
         return result
@@ -366,10 +262,10 @@ def avg_pool2d(
     divisor_override: int | None = None,
 ) -> torch.Tensor:
     """Drop-in for ``torch.nn.functional.avg_pool2d`` (same divisors, incl. ceil-mode edges)."""
-    _check_input("avg_pool2d", input)
+    check_input("avg_pool2d", input)
     if divisor_override is not None and divisor_override == 0:
         raise ValueError("avg_pool2d: divisor_override must be non-zero (or None), got 0")
-    dims = _geometry("avg_pool2d", input, kernel_size, stride, padding, 1, ceil_mode)
-    batched, unbatched = _batched(input)
+    dims = pool_geometry("avg_pool2d", input, kernel_size, stride, padding, 1, ceil_mode)
+    batched, unbatched = to_batched(input)
     output = _AvgPool2d.apply(batched, dims, count_include_pad, divisor_override)
     return output.squeeze(0) if unbatched else output

@@ -21,12 +21,16 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable, max_wrong: int) -> Predictions:
+def predict(model: nn.Module, batches: Iterable, max_wrong: int, num_classes: int) -> Predictions:
     """Run ``model`` (eval mode, its own device) over ``batches`` of ``(images, labels)``.
 
     Only ``max_wrong`` misclassified images are kept, so a 10 000-image test set costs two
-    integer vectors rather than a copy of the data.
+    integer vectors rather than a copy of the data. At most ``max_wrong / num_classes`` are kept
+    per true class: test sets are often sorted by class, and a grid of one class's mistakes
+    says little about the model.
     """
+    per_class = max(1, -(-max_wrong // num_classes))
+    kept_per_class = [0] * num_classes
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -38,10 +42,15 @@ def predict(model: nn.Module, batches: Iterable, max_wrong: int) -> Predictions:
             targets.append(labels)
             preds.append(batch_preds)
             room = max_wrong - sum(len(t) for t in wrong_targets)
-            mask = batch_preds != labels
-            wrong_images.append(images.cpu()[mask][:room])
-            wrong_targets.append(labels[mask][:room])
-            wrong_preds.append(batch_preds[mask][:room])
+            keep = []
+            for i in (batch_preds != labels).nonzero().flatten().tolist()[: max(room, 0) * 50]:
+                label = int(labels[i])
+                if len(keep) < room and kept_per_class[label] < per_class:
+                    kept_per_class[label] += 1
+                    keep.append(i)
+            wrong_images.append(images.cpu()[keep])
+            wrong_targets.append(labels[keep])
+            wrong_preds.append(batch_preds[keep])
     finally:
         model.train(was_training)
     if not targets:
@@ -53,3 +62,24 @@ def predict(model: nn.Module, batches: Iterable, max_wrong: int) -> Predictions:
         torch.cat(wrong_targets),
         torch.cat(wrong_preds),
     )
+
+
+def spread_sample(batches: Iterable, count: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` images evenly spaced over a loader of ``total`` images (one pass, no model).
+
+    Evenly spaced rather than the first batch, so a class-sorted test set still shows every
+    class.
+    """
+    wanted = torch.linspace(0, max(total - 1, 0), min(count, total)).round().long().tolist()
+    images, labels, seen = [], [], 0
+    for batch_images, batch_labels in batches:
+        for index in wanted:
+            if seen <= index < seen + len(batch_labels):
+                images.append(batch_images[index - seen])
+                labels.append(batch_labels[index - seen])
+        seen += len(batch_labels)
+        if seen > wanted[-1]:
+            break
+    if not images:
+        raise ValueError("the test dataloader yielded no images; check the data config's split.")
+    return torch.stack(images), torch.stack(labels)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from cnnlab.viz import attribution, confusion, convs, curves, misclassified
-from cnnlab.viz.predictions import predict
+from cnnlab.viz.predictions import predict, spread_sample
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def _attempt(name: str, draw: Callable[[], Path | list[Path]]) -> list[Path]:
 
 def _prediction_plots(wanted: set[str], model: nn.Module, dm: Any, count: int, out: Path):
     """Confusion matrix, per-class table and misclassified grid: one pass over the test set."""
-    pred = predict(model, dm.test_dataloader(), max_wrong=2 * count)
+    pred = predict(model, dm.test_dataloader(), max_wrong=2 * count, num_classes=dm.num_classes)
     names = list(dm.class_names)
     written = []
     if "confusion" in wanted:
@@ -58,13 +58,14 @@ def _prediction_plots(wanted: set[str], model: nn.Module, dm: Any, count: int, o
 
 
 def _image_plots(wanted: set[str], model: nn.Module, dm: Any, count: int, out: Path):
-    """Feature maps, saliency and Grad-CAM for the first ``count`` test images."""
+    """Feature maps, saliency and Grad-CAM for ``count`` test images spread over the test set."""
     device = next(model.parameters()).device
-    images, labels = next(iter(dm.test_dataloader()))
-    images, labels = images[:count].to(device), labels[:count].to(device)
+    loader = dm.test_dataloader()
+    images, labels = spread_sample(loader, count, len(loader.dataset))
+    images, labels = images.to(device), labels.to(device)
     written = []
     if "feature_maps" in wanted:
-        first = images[:4]
+        first = images[:: max(1, len(images) // 4)][:4]
         written += _attempt(
             "feature maps", lambda: convs.plot_feature_maps(model, first, dm.mean, dm.std, out)
         )
