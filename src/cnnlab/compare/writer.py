@@ -50,7 +50,11 @@ def _layers_section(
         "Errors of the custom layer against the built-in one on identical weights and inputs; "
         "relative = max |custom - builtin| / max |builtin|. Dropout is frozen (eval mode): "
         "its random masks cannot match. Each network runs end to end, so a layer's output error "
-        "includes what it inherited from the layers before it.\n\n"
+        "includes what it inherited from the layers before it. Below float64, a pre-activation "
+        "within round-off of zero can land on the other side of a ReLU (or a max-pool tie can "
+        "flip), which moves whole gradient entries: a gradient error that is a sizeable share of the "
+        "largest entry is that, not a wrong backward pass. `dtype=float64` separates the two: "
+        "there every layer agrees to round-off (~1e-15).\n\n"
         f"Worst over all layers: {worst_text}.\n\n"
         + markdown_table(rows, ERROR_TABLE)
         + "\n![relative errors](errors.png)\n\n"
