@@ -273,3 +273,12 @@ def test_mixed_devices_say_how_to_fix() -> None:
     x = torch.empty(1, 1, 5, 5, device="meta")  # any device other than the weight's
     with pytest.raises(ValueError, match=r"input is on meta but weight is on cpu.*model.to"):
         L.Conv2d(1, 1, 3)(x)
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 3, 3), (8, 4, 1, 1), (8, 4, 3, 3)])
+def test_weight_grad_has_the_weight_strides(shape) -> None:
+    """DDP buckets gradients by the parameter's strides; size-1 dims must not change them."""
+    out_channels, in_channels, kh, kw = shape
+    layer = L.Conv2d(in_channels, out_channels, (kh, kw))
+    layer(torch.randn(2, in_channels, 5, 5)).sum().backward()
+    assert layer.weight.grad.stride() == layer.weight.stride()

@@ -103,12 +103,10 @@ class Conv2dFunction(torch.autograd.Function):
                 cols = im2col(padded[chunk], (kh, kw), stride, dilation, groups)
                 rows = grad_rows[:, chunk.start * rows_per_image : chunk.stop * rows_per_image]
                 grad_w_rows.add_(torch.bmm(rows.transpose(1, 2), cols))  # (G, O/G, K)
-            grad_w = (
-                grad_w_rows.to(weight.dtype)
-                .view(out_channels, kh, kw, in_per_group)
-                .permute(0, 3, 1, 2)
-                .contiguous()
-            )
+            # Laid out exactly like the weight (strides included, even of size-1 dims): DDP's
+            # gradient buckets and fused optimizers expect grad.stride() == param.stride().
+            grad_w = torch.empty_like(weight, memory_format=torch.preserve_format)
+            grad_w.copy_(grad_w_rows.view(out_channels, kh, kw, in_per_group).permute(0, 3, 1, 2))
         if ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(dim=(0, 2, 3))
         return grad_x, grad_w, grad_b, None, None, None, None
