@@ -91,6 +91,23 @@ def test_render_run_writes_every_plot(run_dir: Path) -> None:
     assert all(f"| {digit} |" in table for digit in range(10))
 
 
+def test_plots_go_to_tensorboard_when_the_run_logs_there(tmp_path) -> None:
+    run = train_run(
+        tmp_path / "tb_run",
+        *SMALL,
+        "logger=many",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.enable_progress_bar=false",
+        *(f"viz.{name}=false" for name in PLOTS if name not in ("curves", "filters")),
+    )
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    assert {"viz/training_curves", "viz/filters"} <= set(events.Tags()["images"])
+
+
 def test_cli_renders_from_checkpoint_and_honours_switches(run_dir, monkeypatch, tmp_path) -> None:
     out_run = tmp_path / "copy"
     (out_run / "checkpoints").mkdir(parents=True)

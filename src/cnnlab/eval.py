@@ -30,6 +30,7 @@ from cnnlab.training.builders import (
     plain,
 )
 from cnnlab.training.ddp import use_job_subprocess_command
+from cnnlab.training.errors import user_errors_as_messages
 from cnnlab.training.results import format_metrics, write_metrics
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def main(cfg: DictConfig) -> float:
     use_job_subprocess_command("cnnlab.eval")
-    metrics = evaluate(cfg, HydraConfig.get().overrides.task)
+    with user_errors_as_messages():
+        metrics = evaluate(cfg, HydraConfig.get().overrides.task)
     return float(metrics["test/acc"])
 
 

@@ -33,6 +33,7 @@ from cnnlab.training.builders import (
 )
 from cnnlab.training.callbacks import NonFiniteLossError
 from cnnlab.training.ddp import isolated_job, use_job_subprocess_command
+from cnnlab.training.errors import user_errors_as_messages
 from cnnlab.training.module import ClassificationModule
 from cnnlab.training.results import format_metrics, write_metrics
 
@@ -126,7 +127,8 @@ def run(cfg: DictConfig) -> float:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     use_job_subprocess_command("cnnlab.train")
-    return run(cfg)
+    with user_errors_as_messages():
+        return run(cfg)
 
 
 if __name__ == "__main__":

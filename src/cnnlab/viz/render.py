@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.viz import attribution, confusion, convs, curves, misclassified
+from cnnlab.viz import attribution, confusion, convs, curves, misclassified, tensorboard
 from cnnlab.viz.predictions import predict, spread_sample
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ def render_run(
         figure = out / "training_curves.png"
         written += _attempt("curves", lambda: curves.plot_training_curves(csv_path, figure))
     if not wanted - {"curves"}:
+        tensorboard.add_images(run_dir, written)
         return written
 
     if module is None or datamodule is None:
@@ -125,4 +126,5 @@ def render_run(
         written += _attempt("filters", lambda: convs.plot_first_filters(model, out / "filters.png"))
     if wanted & {"feature_maps", "saliency", "gradcam"}:
         written += _image_plots(wanted, model, datamodule, count, out)
+    tensorboard.add_images(run_dir, written)
     return written
