@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime
 import platform
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+
+from cnnlab.machine import cpu_model
 
 
 @dataclass(frozen=True)
@@ -21,16 +22,6 @@ class Row:
     custom_ms: float
     builtin_mib: float
     custom_mib: float
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def machine_lines(threads: int, use_cuda: bool) -> list[str]:

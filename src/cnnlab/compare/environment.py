@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import platform
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+
+from cnnlab.machine import cpu_model
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -51,9 +51,4 @@ def hardware(device: torch.device) -> str:
     """GPU name on CUDA, otherwise the CPU model as the OS reports it."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return cpu_model()
