@@ -9,15 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 from PIL import Image
 
-from cnnlab.paths import CONF_DIR
 from cnnlab.report import main as report_main
-from cnnlab.train import run
+from training_helpers import train_in_process
 
 QUICK = (
     "trainer=cpu",
@@ -35,15 +30,7 @@ QUICK = (
 
 def train_job(job_dir: Path, *overrides: str) -> None:
     """A real cnnlab-train job, in-process, as if it were one job of a ``-m`` sweep."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, *QUICK], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(job_dir)
-        del cfg["hydra"]
-    run(cfg)
-    GlobalHydra.instance().clear()
+    train_in_process(job_dir, *overrides, *QUICK)
 
 
 @pytest.fixture(scope="module")

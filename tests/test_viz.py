@@ -11,10 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
@@ -22,11 +19,11 @@ from cnnlab.data.digits import DigitsDataModule
 from cnnlab.layers import convert
 from cnnlab.models import SeedCNN
 from cnnlab.paths import CONF_DIR
-from cnnlab.train import run
 from cnnlab.training.builders import load_run
 from cnnlab.viz import PLOTS, render_run
 from cnnlab.viz.attribution import grad_cam, saliency
 from cnnlab.viz.cli import main as viz_main
+from training_helpers import train_in_process
 
 SMALL = ("model.channels=[8,16,16]", "model.hidden=32")
 EXPECTED = {
@@ -43,16 +40,7 @@ EXPECTED = {
 
 def train_run(out_dir: Path, *overrides: str) -> Path:
     """A real cnnlab-train run (in-process, CPU, two short epochs) into ``out_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out_dir)
-        del cfg["hydra"]
-    run(cfg)
-    GlobalHydra.instance().clear()
-    return out_dir
+    return train_in_process(out_dir, *overrides)
 
 
 @pytest.fixture(scope="module")

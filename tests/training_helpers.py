@@ -1,0 +1,27 @@
+"""Run a real training job in-process, the way one job of a ``cnnlab-train`` sweep runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from cnnlab.paths import CONF_DIR
+from cnnlab.train import run
+
+
+def train_in_process(out_dir: Path, *overrides: str) -> Path:
+    """Compose ``train.yaml`` with ``overrides``, run it into ``out_dir`` and return that folder."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+        del cfg["hydra"]
+    run(cfg)
+    GlobalHydra.instance().clear()
+    return out_dir
