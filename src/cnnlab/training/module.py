@@ -86,8 +86,10 @@ class ClassificationModule(L.LightningModule):
 
     def objective(self, logits: Tensor, labels: Tensor) -> Tensor:
         """What training minimises: the data loss plus the L1/L2 weight penalties."""
-        penalty = weight_penalty(self.model, self.hparams.l1, self.hparams.l2)
-        return self.criterion(logits, labels) + penalty
+        loss = self.criterion(logits, labels)
+        if self.hparams.l1 or self.hparams.l2:  # the default: no per-step walk over the weights
+            loss = loss + weight_penalty(self.model, self.hparams.l1, self.hparams.l2)
+        return loss
 
     # -- train ----------------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
