@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 
 @dataclass
@@ -64,22 +65,14 @@ def predict(model: nn.Module, batches: Iterable, max_wrong: int, num_classes: in
     )
 
 
-def spread_sample(batches: Iterable, count: int, total: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` images evenly spaced over a loader of ``total`` images (one pass, no model).
+def spread_sample(dataset: Dataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` images evenly spaced over ``dataset``, read by index (no pass over the data).
 
     Evenly spaced rather than the first batch, so a class-sorted test set still shows every
     class.
     """
-    wanted = torch.linspace(0, max(total - 1, 0), min(count, total)).round().long().tolist()
-    images, labels, seen = [], [], 0
-    for batch_images, batch_labels in batches:
-        for index in wanted:
-            if seen <= index < seen + len(batch_labels):
-                images.append(batch_images[index - seen])
-                labels.append(batch_labels[index - seen])
-        seen += len(batch_labels)
-        if seen > wanted[-1]:
-            break
-    if not images:
-        raise ValueError("the test dataloader yielded no images; check the data config's split.")
-    return torch.stack(images), torch.stack(labels)
+    if len(dataset) == 0:
+        raise ValueError("the test split holds no images; check the data config's split.")
+    wanted = torch.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().long()
+    images, labels = zip(*(dataset[int(i)] for i in wanted), strict=True)
+    return torch.stack(images), torch.as_tensor(labels)

@@ -60,8 +60,7 @@ def _prediction_plots(wanted: set[str], model: nn.Module, dm: Any, count: int, o
 def _image_plots(wanted: set[str], model: nn.Module, dm: Any, count: int, out: Path):
     """Feature maps, saliency and Grad-CAM for ``count`` test images spread over the test set."""
     device = next(model.parameters()).device
-    loader = dm.test_dataloader()
-    images, labels = spread_sample(loader, count, len(loader.dataset))
+    images, labels = spread_sample(dm.test_dataloader().dataset, count)
     images, labels = images.to(device), labels.to(device)
     written = []
     if "feature_maps" in wanted:
