@@ -157,7 +157,7 @@ def test_stacked_layers_match_torch() -> None:
 @pytest.mark.parametrize("stride", [1, 2])
 def test_patch_matrix_built_in_batch_chunks_matches_one_shot(monkeypatch, stride) -> None:
     """A batch split into several im2col chunks (forward, grad_input and grad_weight) is exact."""
-    monkeypatch.setattr(im2col_module, "CHUNK_BYTES", 3000)  # a few images per chunk
+    monkeypatch.setattr(im2col_module, "CPU_CHUNK_BYTES", 3000)  # a few images per chunk
     custom = L.Conv2d(3, 5, 3, stride=stride, padding=1)
     builtin = nn.Conv2d(3, 5, 3, stride=stride, padding=1)
     builtin.load_state_dict(custom.state_dict())

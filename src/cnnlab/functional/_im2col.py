@@ -9,25 +9,37 @@ leading axis is the group, so a grouped convolution is one batched GEMM.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 
 Pair = tuple[int, int]
 Padding4 = tuple[int, int, int, int]  # (top, bottom, left, right)
 
-#: Bytes of patch matrix built at a time. Patches are kh*kw times larger than the input, so a
-#: whole batch's worth (150 MB for CIFAR's second conv at batch 256) would dominate the step's
-#: memory. Chunks this size stay below glibc's mmap threshold, so after the first step they are
-#: recycled from the heap instead of being page-faulted in afresh, and the GEMM runs from cache.
-CHUNK_BYTES = 4 * 2**20
+#: Bytes of patch matrix built at a time on the CPU. Patches are kh*kw times larger than the
+#: input, so a whole batch's worth (150 MB for CIFAR's second conv at batch 256) would dominate
+#: the step's memory. Chunks this size stay below glibc's mmap threshold, so after the first step
+#: they are recycled from the heap instead of being page-faulted in afresh, and the GEMM runs
+#: from cache.
+CPU_CHUNK_BYTES = 4 * 2**20
+#: On a GPU the cache argument does not hold and every chunk is a kernel launch plus a smaller,
+#: less efficient GEMM; the patch matrix is built for the whole batch unless it would exceed this.
+GPU_CHUNK_BYTES = 2 * 2**30
 
 
-def batch_chunks(n: int, bytes_per_image: int) -> Iterator[slice]:
-    """Slices of the batch whose patch matrices take about :data:`CHUNK_BYTES` each."""
-    step = max(1, CHUNK_BYTES // max(1, bytes_per_image))
-    for start in range(0, n, step):
-        yield slice(start, min(n, start + step))
+def chunk_bytes(device: torch.device) -> int:
+    """How many bytes of patch matrix to build at once on ``device``."""
+    return CPU_CHUNK_BYTES if device.type == "cpu" else GPU_CHUNK_BYTES
+
+
+def batch_chunks(n: int, bytes_per_image: int, device: torch.device) -> list[slice]:
+    """Slices of the batch whose patch matrices take about :func:`chunk_bytes` each.
+
+    A symbolic batch size (``torch.compile`` with a dynamic batch) gets one chunk: a loop over
+    it would specialise the graph to each batch size.
+    """
+    if not isinstance(n, int):
+        return [slice(0, n)]
+    step = max(1, chunk_bytes(device) // max(1, bytes_per_image))
+    return [slice(start, min(n, start + step)) for start in range(0, n, step)]
 
 
 def output_size(size: int, kernel: int, stride: int, dilation: int) -> int:
@@ -71,10 +83,11 @@ def im2col(
     ho, wo = output_size(hp, kh, sh, dh), output_size(wp, kw, sw, dw)
     cg = c // groups
     s_n, s_h, s_w, s_c = padded.stride()
+    # No explicit storage offset: as_strided keeps the view's own (a batch chunk starts inside
+    # the storage), and reading it would be a graph break under torch.compile.
     patches = padded.as_strided(
         (groups, n, ho, wo, kh, kw, cg),
         (cg * s_c, s_n, s_h * sh, s_w * sw, s_h * dh, s_w * dw, s_c),
-        padded.storage_offset(),
     )
     cols = padded.new_empty((groups, n * ho * wo, kh * kw * cg))
     cols.view(patches.shape).copy_(patches)

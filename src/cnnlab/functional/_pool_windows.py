@@ -143,6 +143,17 @@ def first_valid_tap(dims: tuple[PoolGeometry, PoolGeometry], device: torch.devic
     return first_h[:, None] * dims[1].kernel + first_w[None, :]
 
 
+def any_empty_window(dims: tuple[PoolGeometry, PoolGeometry]) -> bool:
+    """Whether :func:`empty_windows` has any True entry, decided from the geometry on the host."""
+    for g in dims:
+        for o in range(g.out):
+            start = o * g.stride - g.padding
+            first = (max(0, -start) + g.dilation - 1) // g.dilation
+            if first >= g.kernel or start + first * g.dilation >= g.size:
+                return True
+    return False
+
+
 def empty_windows(dims: tuple[PoolGeometry, PoolGeometry], device: torch.device) -> torch.Tensor:
     """(OH, OW) mask of windows whose taps all miss the input (dilation can skip over it).
 

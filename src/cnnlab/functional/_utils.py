@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -49,26 +48,25 @@ def cast_like_builtin_fp32(*tensors: torch.Tensor | None) -> tuple[torch.Tensor 
     return tuple(t.float() if t is not None and t.is_floating_point() else t for t in tensors)
 
 
-@functools.cache
-def autocast_aware(
-    function: type[torch.autograd.Function], device_type: str, dtype: torch.dtype | None
-) -> type[torch.autograd.Function]:
-    """Return ``function`` wrapped by ``torch.amp.custom_fwd/custom_bwd`` for one device type.
+def host_checks_allowed(t: torch.Tensor) -> bool:
+    """Whether a check may read ``t``'s values on the host: only in eager mode on the CPU.
 
-    The AMP decorators need a fixed ``device_type`` and cast dtype, while one op must serve CPU
-    and CUDA under whichever autocast dtype is active; so each combination gets its own cached
-    subclass. Its forward runs with autocast disabled on floating inputs cast to ``dtype`` (the
-    caller has already cast them with :func:`cast_like_builtin_lowp`, so that cast is a no-op),
-    and its backward replays the forward's autocast state, i.e. stays in the inputs' dtypes.
-    Call it as ``autocast_aware(MyFn, x.device.type, autocast_dtype(x.device.type)).apply(...)``.
+    On a GPU, reading a value (``.item()``, ``if t.any():``) waits for every queued kernel: a
+    host-device synchronisation that stalls the step and cannot be captured in a CUDA graph.
+    Under ``torch.compile`` it is a graph break. There the checks run on the device instead
+    (:func:`assert_on_device`); on the CPU in eager mode a host check is free and can name
+    the offending value.
     """
-    forward = torch.amp.custom_fwd(function.forward, device_type=device_type, cast_inputs=dtype)
-    backward = torch.amp.custom_bwd(function.backward, device_type=device_type)
-    return type(
-        function.__name__,
-        (function,),
-        {"forward": staticmethod(forward), "backward": staticmethod(backward)},
-    )
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def assert_on_device(condition: torch.Tensor, message: str) -> None:
+    """Fail with ``message`` when the 0-d bool tensor ``condition`` is False, without a sync.
+
+    ``torch._assert_async`` is checked by the device when it runs the step, so the error
+    surfaces at the next synchronisation (on CUDA as a device-side assert) instead of at once.
+    """
+    torch._assert_async(condition, message)
 
 
 def check_same_device(name: str, input: torch.Tensor, **params: torch.Tensor | None) -> None:

@@ -7,6 +7,7 @@ precision parameters) and the output keeps the input's dtype.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from cnnlab.functional._utils import check_same_device, opmath_dtype
 
@@ -35,6 +36,7 @@ class _BatchNorm(torch.autograd.Function):
         return output.to(input.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         input, weight, mean, invstd = ctx.saved_tensors
         x, g = input.to(mean.dtype), grad.to(mean.dtype)
@@ -85,15 +87,16 @@ def _update_running_stats(
     mean: torch.Tensor,
     var: torch.Tensor,
     count: int,
-    momentum: float,
+    momentum: float | torch.Tensor,
 ) -> None:
-    """``r = (1 - m) * r + m * stat`` in place, with the unbiased variance, as PyTorch does."""
+    """``r = (1 - m) * r + m * stat`` in place, with the unbiased variance, as PyTorch does.
+
+    ``momentum`` is a tensor for a cumulative average (``momentum=None`` in the module).
+    """
     with torch.no_grad():
-        if running_mean is not None:
-            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-        if running_var is not None:
-            unbiased = var * (count / (count - 1))
-            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+        for running, stat in ((running_mean, mean), (running_var, var * (count / (count - 1)))):
+            if running is not None:
+                running.mul_(1 - momentum).add_(stat.to(running.dtype) * momentum)
 
 
 def batch_norm(
@@ -103,7 +106,7 @@ def batch_norm(
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     training: bool = False,
-    momentum: float = 0.1,
+    momentum: float | torch.Tensor = 0.1,
     eps: float = 1e-5,
 ) -> torch.Tensor:
     """Drop-in for ``torch.nn.functional.batch_norm`` (updates running stats in place)."""

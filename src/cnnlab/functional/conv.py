@@ -32,8 +32,6 @@ from cnnlab.functional._im2col import (
     pad_channels_last,
 )
 from cnnlab.functional._utils import (
-    autocast_aware,
-    autocast_dtype,
     cast_like_builtin_lowp,
     check_same_device,
     check_same_dtype,
@@ -96,13 +94,7 @@ class Conv2dFunction(torch.autograd.Function):
                     grad_rows, w_rows, padded.shape, x_shape, (kh, kw), stride, padding, dilation
                 )
         if ctx.needs_input_grad[1]:
-            # Summed over chunks in float32 even for bf16/fp16 inputs, as one GEMM would.
-            grad_w_rows = w_rows.new_zeros(w_rows.shape, dtype=opmath_dtype(w_rows.dtype))
-            rows_per_image = ho * wo
-            for chunk in batch_chunks(n, rows_per_image * w_rows.shape[2] * padded.element_size()):
-                cols = im2col(padded[chunk], (kh, kw), stride, dilation, groups)
-                rows = grad_rows[:, chunk.start * rows_per_image : chunk.stop * rows_per_image]
-                grad_w_rows.add_(torch.bmm(rows.transpose(1, 2), cols))  # (G, O/G, K)
+            grad_w_rows = _weight_grad_rows(grad_rows, padded, w_rows, (kh, kw), stride, dilation)
             # Laid out exactly like the weight (strides included, even of size-1 dims): DDP's
             # gradient buckets and fused optimizers expect grad.stride() == param.stride().
             grad_w = torch.empty_like(weight, memory_format=torch.preserve_format)
@@ -124,18 +116,25 @@ def _correlate(
     """im2col + GEMM (batched over groups); returns (padded input, NCHW channels-last output).
 
     The patch matrix is built a chunk of images at a time (see ``batch_chunks``); each chunk's
-    GEMM writes straight into its rows of the output.
+    GEMM writes straight into its rows of the output. The output is allocated as the
+    channels-last NCHW tensor itself (not a permuted view of an NHWC one): a Function that
+    returns a view cannot be followed by an in-place op such as ``ReLU(inplace=True)``.
     """
     groups, out_per_group, k = w_rows.shape
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     padded = pad_channels_last(x, padding)
     n, hp, wp, _ = padded.shape
     ho, wo = output_size(hp, kh, sh, dh), output_size(wp, kw, sw, dw)
-    out = padded.new_empty((n, ho, wo, groups * out_per_group))
+    out = torch.empty(
+        (n, groups * out_per_group, ho, wo),
+        dtype=padded.dtype,
+        device=padded.device,
+        memory_format=torch.channels_last,
+    )
     # (N*Ho*Wo, G*O/G) seen as (G, N*Ho*Wo, O/G): contiguous rows for one group.
-    out_rows = out.view(n * ho * wo, groups, out_per_group).transpose(0, 1)
+    out_rows = out.permute(0, 2, 3, 1).view(n * ho * wo, groups, out_per_group).transpose(0, 1)
     w_cols = w_rows.transpose(1, 2)
-    for chunk in batch_chunks(n, ho * wo * k * padded.element_size()):
+    for chunk in batch_chunks(n, ho * wo * k * padded.element_size(), padded.device):
         cols = im2col(padded[chunk], (kh, kw), stride, dilation, groups)  # (G, m, K)
         target = out_rows[:, chunk.start * ho * wo : chunk.stop * ho * wo]
         if groups > 1:  # bmm cannot write into interleaved group columns
@@ -144,7 +143,38 @@ def _correlate(
             torch.bmm(cols, w_cols, out=target)
         else:
             torch.baddbmm(bias.view(1, 1, -1), cols, w_cols, out=target)
-    return padded, out.permute(0, 3, 1, 2)
+    return padded, out
+
+
+def _weight_grad_rows(
+    grad_rows: torch.Tensor,
+    padded: torch.Tensor,
+    w_rows: torch.Tensor,
+    kernel: Pair,
+    stride: Pair,
+    dilation: Pair,
+) -> torch.Tensor:
+    """dL/dW = Gᵀ·cols as (G, O/G, K), the patch matrix rebuilt a chunk of images at a time.
+
+    One chunk is one GEMM, which accumulates in float32 internally and rounds once. Over several
+    chunks of bf16/fp16 data the partial products are formed and summed in float32, so the
+    result is rounded once too, as a single GEMM (or cuDNN's weight gradient) would.
+    """
+    n, groups = padded.shape[0], w_rows.shape[0]
+    rows_per_image = grad_rows.shape[1] // max(n, 1)
+    chunks = batch_chunks(
+        n, rows_per_image * w_rows.shape[2] * padded.element_size(), padded.device
+    )
+    if len(chunks) == 1:
+        return torch.bmm(
+            grad_rows.transpose(1, 2), im2col(padded, kernel, stride, dilation, groups)
+        )
+    acc = w_rows.new_zeros(w_rows.shape, dtype=opmath_dtype(w_rows.dtype))
+    for chunk in chunks:
+        cols = im2col(padded[chunk], kernel, stride, dilation, groups)
+        rows = grad_rows[:, chunk.start * rows_per_image : chunk.stop * rows_per_image]
+        acc.baddbmm_(rows.transpose(1, 2).to(acc.dtype), cols.to(acc.dtype))
+    return acc
 
 
 def _gemm(
@@ -168,14 +198,17 @@ def _col2im_grad(
     """dL/dx for strided or over-padded convolutions: col2im(G·W), a chunk of images at a time."""
     n = padded_shape[0]
     rows_per_image = grad_rows.shape[1] // max(n, 1)
-    grad_padded = grad_rows.new_zeros(padded_shape)
-    for chunk in batch_chunks(n, rows_per_image * w_rows.shape[2] * grad_rows.element_size()):
+    # Overlapping patches add up to kh*kw contributions per pixel: sum them in float32.
+    grad_padded = grad_rows.new_zeros(padded_shape, dtype=opmath_dtype(grad_rows.dtype))
+    bytes_per_image = rows_per_image * w_rows.shape[2] * grad_rows.element_size()
+    for chunk in batch_chunks(n, bytes_per_image, grad_rows.device):
         rows = grad_rows[:, chunk.start * rows_per_image : chunk.stop * rows_per_image]
         grad_cols = torch.bmm(rows, w_rows)  # (G, m, K)
         col2im_add_(grad_padded[chunk], grad_cols, kernel, stride, dilation)
     top, _, left, _ = padding
     h, w = x_shape[2], x_shape[3]
-    return grad_padded[:, top : top + h, left : left + w].permute(0, 3, 1, 2)
+    grad_x = grad_padded[:, top : top + h, left : left + w].permute(0, 3, 1, 2)
+    return grad_x.to(grad_rows.dtype)
 
 
 def _weight_rows(weight: torch.Tensor, groups: int) -> torch.Tensor:
@@ -230,11 +263,9 @@ def conv2d(
     x = input.unsqueeze(0) if unbatched else input
     _check_fits(x, kernel, dilation, pads, name)
 
-    device = x.device.type
     x, weight, bias = cast_like_builtin_lowp(x, weight, bias)
     check_same_dtype(name, x, weight=weight, bias=bias)
-    function = autocast_aware(Conv2dFunction, device, autocast_dtype(device))
-    out = function.apply(x, weight, bias, stride, pads, dilation, groups)
+    out = Conv2dFunction.apply(x, weight, bias, stride, pads, dilation, groups)
     return out.squeeze(0) if unbatched else out
 
 

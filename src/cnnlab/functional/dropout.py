@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 class _Dropout(torch.autograd.Function):
@@ -23,6 +24,7 @@ class _Dropout(torch.autograd.Function):
         return input * noise
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
         return grad * _noise(keep, ctx.p, grad.dtype), None, None

@@ -16,8 +16,6 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from cnnlab.functional._utils import (
-    autocast_aware,
-    autocast_dtype,
     cast_like_builtin_lowp,
     check_same_device,
     check_same_dtype,
@@ -36,10 +34,17 @@ class LinearFunction(torch.autograd.Function):
         ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
         rows = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
-        out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
+        # The GEMM writes into the output tensor itself: a Function that returned a reshaped
+        # view of its result could not be followed by an in-place op (``ReLU(inplace=True)``).
+        out = x.new_empty((*x.shape[:-1], weight.shape[0]))
+        out_rows = out.view(rows.shape[0], weight.shape[0])
+        if bias is None:
+            torch.mm(rows, weight.t(), out=out_rows)
+        else:
+            torch.addmm(bias, rows, weight.t(), out=out_rows)
         ctx.save_for_backward(rows, weight)
         ctx.input_shape = x.shape
-        return out.view(*x.shape[:-1], weight.shape[0])
+        return out
 
     @staticmethod
     @once_differentiable
@@ -78,8 +83,6 @@ def linear(
         )
 
     check_same_device(name, input, weight=weight, bias=bias)
-    device = input.device.type
     input, weight, bias = cast_like_builtin_lowp(input, weight, bias)
     check_same_dtype(name, input, weight=weight, bias=bias)
-    function = autocast_aware(LinearFunction, device, autocast_dtype(device))
-    return function.apply(input, weight, bias)
+    return LinearFunction.apply(input, weight, bias)

@@ -12,13 +12,15 @@ from __future__ import annotations
 import warnings
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch.nn import _reduction
 
 from cnnlab.functional._utils import (
-    autocast_aware,
+    assert_on_device,
     cast_like_builtin_fp32,
     check_same_device,
     check_same_dtype,
+    host_checks_allowed,
 )
 from cnnlab.functional.activation import log_softmax_values
 
@@ -123,6 +125,7 @@ class _CrossEntropy(torch.autograd.Function):
         return _reduce(loss, reduction, ctx.denominator)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         log_probs, target, weight = ctx.saved_tensors
         classes = _ClassTarget(target, weight, *ctx.classes_args)
@@ -152,6 +155,7 @@ class _NLLLoss(torch.autograd.Function):
         return _reduce(loss, reduction, ctx.denominator)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         target, weight = ctx.saved_tensors
         classes = _ClassTarget(target, weight, ctx.ignore_index, 0.0, ctx.input_shape[1])
@@ -159,17 +163,6 @@ class _NLLLoss(torch.autograd.Function):
         g = _grad_per_element(grad, ctx.reduction, ctx.denominator, shape).unsqueeze(1)
         a = classes.per_class(grad.new_empty(ctx.input_shape))
         return -g * a, None, None, None, None
-
-
-def _in_float32(
-    function: type[torch.autograd.Function], input: torch.Tensor
-) -> type[torch.autograd.Function]:
-    """``function`` run as an autocast fp32 op: forward and backward with autocast disabled.
-
-    The inputs were already cast by :func:`cast_like_builtin_fp32` (before the checks, which
-    must see the dtypes the op will use); this keeps autocast from re-casting ops inside.
-    """
-    return autocast_aware(function, input.device.type, torch.float32)
 
 
 def _check_class_target(op: str, input: torch.Tensor, target: torch.Tensor, ignore_index: int):
@@ -193,13 +186,15 @@ def _check_class_target(op: str, input: torch.Tensor, target: torch.Tensor, igno
         )
     if target.dtype in (torch.bool, torch.uint8) or target.is_complex():
         raise TypeError(f"{op}: class-index targets must be int64, got {target.dtype}")
-    out_of_range = ((target < 0) | (target >= input.shape[1])) & (target != ignore_index)
-    if out_of_range.any():
+    # A value check: read on the host only where that is free (CPU eager), else on the device.
+    classes = input.shape[1]
+    valid = f"valid: 0..{classes - 1}, or ignore_index={ignore_index}"
+    out_of_range = ((target < 0) | (target >= classes)) & (target != ignore_index)
+    if not host_checks_allowed(target):
+        assert_on_device(~out_of_range.any(), f"{op}: a target is out of bounds ({valid})")
+    elif out_of_range.any():
         bad = target[out_of_range][0].item()
-        raise IndexError(
-            f"{op}: target {bad} is out of bounds for {input.shape[1]} classes "
-            f"(valid: 0..{input.shape[1] - 1}, or ignore_index={ignore_index})"
-        )
+        raise IndexError(f"{op}: target {bad} is out of bounds for {classes} classes ({valid})")
 
 
 def _prepare_classification(op, input, target, weight, ignore_index):
@@ -245,8 +240,7 @@ def cross_entropy(
     input, target, weight, unbatched = _prepare_classification(
         "cross_entropy", input, target, weight, ignore_index
     )
-    function = _in_float32(_CrossEntropy, input)
-    loss = function.apply(input, target, weight, ignore_index, reduction, label_smoothing)
+    loss = _CrossEntropy.apply(input, target, weight, ignore_index, reduction, label_smoothing)
     return loss.squeeze(0) if unbatched and reduction == "none" else loss
 
 
@@ -266,7 +260,7 @@ def nll_loss(
     )
     if target.is_floating_point():
         raise TypeError(f"nll_loss expects class-index (int64) targets, got {target.dtype}")
-    loss = _in_float32(_NLLLoss, input).apply(input, target, weight, ignore_index, reduction)
+    loss = _NLLLoss.apply(input, target, weight, ignore_index, reduction)
     return loss.squeeze(0) if unbatched and reduction == "none" else loss
 
 
@@ -283,6 +277,7 @@ class _MSELoss(torch.autograd.Function):
         return _reduce(loss, reduction, ctx.denominator)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         diff, weight = ctx.saved_tensors
         g = _grad_per_element(grad, ctx.reduction, ctx.denominator, diff.shape)
@@ -325,4 +320,4 @@ def mse_loss(
             f"mse_loss: weight must have the input's shape {tuple(input.shape)}, "
             f"got {tuple(weight.shape)}"
         )
-    return _in_float32(_MSELoss, input).apply(input, target, weight, reduction)
+    return _MSELoss.apply(input, target, weight, reduction)

@@ -15,10 +15,12 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from cnnlab.functional._pool_windows import (
     IntPair,
     PoolGeometry,
+    any_empty_window,
     check_input,
     disjoint_windows,
     empty_windows,
@@ -30,7 +32,7 @@ from cnnlab.functional._pool_windows import (
     to_batched,
     window_offsets,
 )
-from cnnlab.functional._utils import opmath_dtype
+from cnnlab.functional._utils import host_checks_allowed, opmath_dtype
 
 
 class _MaxPool2d(torch.autograd.Function):
@@ -50,6 +52,7 @@ class _MaxPool2d(torch.autograd.Function):
         return output, indices
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor, *_grad_indices: torch.Tensor):
         (arg,) = ctx.saved_tensors
         if disjoint_windows(ctx.dims):
@@ -59,8 +62,8 @@ class _MaxPool2d(torch.autograd.Function):
                 None,
             )
         indices = _plane_indices(arg, ctx.dims)
-        empty = empty_windows(ctx.dims, grad.device)
-        if empty.any():
+        if any_empty_window(ctx.dims):  # geometry only: decided on the host, no sync
+            empty = empty_windows(ctx.dims, grad.device)
             grad, indices = grad.masked_fill(empty, 0), indices.masked_fill(empty, 0)
         return _scatter_to_plane(grad, indices, ctx.input_shape, ctx.input_format), None, None
 
@@ -76,7 +79,11 @@ def _route_to_taps(
 
     ``kh * kw`` elementwise writes into strided views replace ATen's scatter; pixels no window
     covers (a remainder row or column, or stride > kernel) are the only ones zero-filled.
+    ``torch.compile`` cannot trace ``out=`` into strided views, so there the same routing is
+    one broadcast expression, which inductor fuses into a single kernel.
     """
+    if torch.compiler.is_compiling():
+        return _route_to_taps_broadcast(grad, arg, dims, input_shape)
     gh, gw = dims
     covered = gh.out * gh.stride == gh.size and gw.out * gw.stride == gw.size
     covered = covered and gh.stride == gh.kernel and gw.stride == gw.kernel
@@ -90,6 +97,34 @@ def _route_to_taps(
         torch.eq(arg, k, out=hit)
         torch.mul(grad, hit, out=grad_input[..., gh.taps(k // gw.kernel), gw.taps(k % gw.kernel)])
     return grad_input
+
+
+def _route_to_taps_broadcast(
+    grad: torch.Tensor,
+    arg: torch.Tensor,
+    dims: tuple[PoolGeometry, PoolGeometry],
+    input_shape: torch.Size,
+) -> torch.Tensor:
+    """:func:`_route_to_taps` without ``out=``: each output cell as its (stride x stride) tile.
+
+    Window position ``(i, j)`` of output ``(oh, ow)`` is pixel ``(oh * sh + i, ow * sw + j)``;
+    tile entries beyond the kernel (stride > kernel) and rows or columns no window reaches get
+    zero.
+    """
+    gh, gw = dims
+    n, c, oh, ow = grad.shape
+    i = torch.arange(gh.stride, device=grad.device).view(1, 1, 1, -1, 1, 1)
+    j = torch.arange(gw.stride, device=grad.device).view(1, 1, 1, 1, 1, -1)
+    tap = torch.where((i < gh.kernel) & (j < gw.kernel), i * gw.kernel + j, -1)
+    hit = arg[:, :, :, None, :, None] == tap
+    tiles = (grad[:, :, :, None, :, None] * hit).reshape(n, c, oh * gh.stride, ow * gw.stride)
+    height, width = input_shape[2], input_shape[3]
+    tiles = tiles[..., :height, :width]
+    pad_h, pad_w = height - tiles.shape[2], width - tiles.shape[3]
+    if pad_h or pad_w:
+        tiles = torch.cat([tiles, tiles.new_zeros((n, c, pad_h, tiles.shape[3]))], dim=2)
+        tiles = torch.cat([tiles, tiles.new_zeros((n, c, height, pad_w))], dim=3)
+    return tiles
 
 
 def _scatter_to_plane(
@@ -125,9 +160,13 @@ def _scan_max(
 
     ATen starts each window at its first in-bounds tap and then takes a value if it is strictly
     larger or NaN, so ties keep the first maximum and the last NaN wins; padding (-inf) is never
-    taken. The common NaN-free case skips the NaN test (fewer passes over memory); NaN still
-    propagates through ``maximum``, and only then is the exact rule replayed.
+    taken. In CPU eager mode the common NaN-free case skips the NaN test (fewer passes over
+    memory); NaN still propagates through ``maximum``, and only then is the exact rule replayed.
+    Elsewhere that test would be a host sync (GPU) or a graph break (``torch.compile``), so the
+    exact rule always runs: compiled, it fuses into the same kernel anyway.
     """
+    if not host_checks_allowed(source):
+        return _scan_taps(source, dims, inside, nan_aware=True)
     output, arg = _scan_taps(source, dims, inside)
     if output.isnan().any():
         output, arg = _scan_taps(source, dims, inside, nan_aware=True)
@@ -194,6 +233,7 @@ class _AvgPool2d(torch.autograd.Function):
         return (total / divisor).to(input.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         gh, gw = ctx.dims
         share = grad / ctx.divisor

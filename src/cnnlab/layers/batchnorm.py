@@ -31,10 +31,11 @@ class BatchNorm2d(nn.BatchNorm2d):
                 self.eps,
             )
 
-    def _update_factor(self) -> float:
+    def _update_factor(self) -> float | torch.Tensor:
         """Count this batch and return the running-average weight, as ``nn.BatchNorm2d`` does.
 
-        ``momentum=None`` means a cumulative moving average: the n-th batch gets weight 1/n.
+        ``momentum=None`` means a cumulative moving average: the n-th batch gets weight 1/n,
+        kept as a tensor: reading the count on the host would be a sync and a graph break.
         """
         if not (
             self.training and self.track_running_stats and self.num_batches_tracked is not None
@@ -42,7 +43,7 @@ class BatchNorm2d(nn.BatchNorm2d):
             return 0.0 if self.momentum is None else self.momentum
         self.num_batches_tracked.add_(1)
         if self.momentum is None:
-            return 1.0 / float(self.num_batches_tracked)
+            return 1.0 / self.num_batches_tracked
         return self.momentum
 
     def _check_input(self, input: torch.Tensor) -> None:
