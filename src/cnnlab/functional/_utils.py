@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 def pair(value: int | Sequence[int], name: str = "argument") -> tuple[int, int]:
@@ -113,3 +115,31 @@ def errors_named_after(layer: torch.nn.Module) -> Iterator[None]:
         yield
     except (ValueError, TypeError, IndexError) as err:
         raise type(err)(f"{layer}: {err}") from None
+
+
+def first_order_only(backward: Callable) -> Callable:
+    """Mark a hand-written backward as first-order: asking for a graph of it is an error.
+
+    The backward passes are plain code over tensors saved without history, so a second
+    derivative through them would miss terms. ``once_differentiable`` alone is not enough:
+    when the incoming gradient needs no grad (a loss's ``1``) it returns tensors without
+    history, and ``torch.autograd.functional.hessian`` then reports zeros without a word. So
+    a backward run with ``create_graph=True`` (grad mode on) refuses at once, naming the op.
+    Compiled graphs are exempt: AOTAutograd traces backward its own way and its compiled
+    backward already refuses double backward.
+    """
+    inner = once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            op = backward.__qualname__.split(".")[0].strip("_")
+            raise RuntimeError(
+                f"{op}: the hand-written backward is first-order only, so create_graph=True "
+                "(second derivatives, Hessians, gradient penalties) is not supported; convert "
+                "the model to built-in layers for that (cnnlab.layers.convert(model, "
+                "to='builtin') or model.impl=builtin)"
+            )
+        return inner(ctx, *grads)
+
+    return wrapper

@@ -5,9 +5,8 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from cnnlab.functional._utils import opmath_dtype
+from cnnlab.functional._utils import first_order_only, opmath_dtype
 
 
 class _ReLU(torch.autograd.Function):
@@ -24,7 +23,7 @@ class _ReLU(torch.autograd.Function):
         return output
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad: torch.Tensor):
         (output,) = ctx.saved_tensors
         # g * [x > 0], with [x > 0] = [relu(x) > 0] written as 0/1 straight into the result's
@@ -64,7 +63,7 @@ class _LogSoftmax(torch.autograd.Function):
         return output
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad: torch.Tensor):
         (output,) = ctx.saved_tensors
         return grad - output.exp() * grad.sum(ctx.dim, keepdim=True), None

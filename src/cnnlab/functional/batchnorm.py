@@ -7,9 +7,8 @@ precision parameters) and the output keeps the input's dtype.
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from cnnlab.functional._utils import check_same_device, opmath_dtype
+from cnnlab.functional._utils import check_same_device, first_order_only, opmath_dtype
 
 
 def _channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -36,7 +35,7 @@ class _BatchNorm(torch.autograd.Function):
         return output.to(input.dtype)
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad: torch.Tensor):
         input, weight, mean, invstd = ctx.saved_tensors
         x, g = input.to(mean.dtype), grad.to(mean.dtype)

@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from cnnlab.functional._im2col import (
     Padding4,
@@ -35,6 +34,7 @@ from cnnlab.functional._utils import (
     cast_like_builtin_lowp,
     check_same_device,
     check_same_dtype,
+    first_order_only,
     opmath_dtype,
     pair,
 )
@@ -70,7 +70,7 @@ class Conv2dFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         padded, weight, w_rows = ctx.saved_tensors
         x_shape, stride, padding, dilation, groups = ctx.geometry

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
+
+from cnnlab.functional._utils import first_order_only
 
 
 class _Dropout(torch.autograd.Function):
@@ -24,7 +25,7 @@ class _Dropout(torch.autograd.Function):
         return input * noise
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
         return grad * _noise(keep, ctx.p, grad.dtype), None, None

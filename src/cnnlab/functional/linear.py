@@ -13,12 +13,12 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from cnnlab.functional._utils import (
     cast_like_builtin_lowp,
     check_same_device,
     check_same_dtype,
+    first_order_only,
 )
 
 
@@ -47,7 +47,7 @@ class LinearFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         rows, weight = ctx.saved_tensors
         grad_rows = grad_out.reshape(rows.shape[0], weight.shape[0])

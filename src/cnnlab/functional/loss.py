@@ -12,7 +12,6 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torch.autograd.function import once_differentiable
 from torch.nn import _reduction
 
 from cnnlab.functional._utils import (
@@ -20,6 +19,7 @@ from cnnlab.functional._utils import (
     cast_like_builtin_fp32,
     check_same_device,
     check_same_dtype,
+    first_order_only,
     host_checks_allowed,
 )
 from cnnlab.functional.activation import log_softmax_values
@@ -125,7 +125,7 @@ class _CrossEntropy(torch.autograd.Function):
         return _reduce(loss, reduction, ctx.denominator)
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad: torch.Tensor):
         log_probs, target, weight = ctx.saved_tensors
         classes = _ClassTarget(target, weight, *ctx.classes_args)
@@ -155,7 +155,7 @@ class _NLLLoss(torch.autograd.Function):
         return _reduce(loss, reduction, ctx.denominator)
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad: torch.Tensor):
         target, weight = ctx.saved_tensors
         classes = _ClassTarget(target, weight, ctx.ignore_index, 0.0, ctx.input_shape[1])
@@ -277,7 +277,7 @@ class _MSELoss(torch.autograd.Function):
         return _reduce(loss, reduction, ctx.denominator)
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad: torch.Tensor):
         diff, weight = ctx.saved_tensors
         g = _grad_per_element(grad, ctx.reduction, ctx.denominator, diff.shape)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from cnnlab.functional._pool_windows import (
     IntPair,
@@ -32,7 +31,7 @@ from cnnlab.functional._pool_windows import (
     to_batched,
     window_offsets,
 )
-from cnnlab.functional._utils import host_checks_allowed, opmath_dtype
+from cnnlab.functional._utils import first_order_only, host_checks_allowed, opmath_dtype
 
 
 class _MaxPool2d(torch.autograd.Function):
@@ -52,7 +51,7 @@ class _MaxPool2d(torch.autograd.Function):
         return output, indices
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad: torch.Tensor, *_grad_indices: torch.Tensor):
         (arg,) = ctx.saved_tensors
         if disjoint_windows(ctx.dims):
@@ -233,7 +232,7 @@ class _AvgPool2d(torch.autograd.Function):
         return (total / divisor).to(input.dtype)
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad: torch.Tensor):
         gh, gw = ctx.dims
         share = grad / ctx.divisor

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cnnlab.layers import IMPLS
+from cnnlab.training.compile import compile_options
 from cnnlab.training.module import ClassificationModule, is_full_batch
 
 
@@ -56,7 +57,7 @@ def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> Classifi
         scheduler=plain(cfg.get("scheduler")) or None,
         l1=float(cfg.get("l1", 0.0)),
         l2=float(cfg.get("l2", 0.0)),
-        compile_model=bool(cfg.get("compile", False)),
+        compile=compile_options(cfg.get("compile")),
         config=plain(cfg),
     )
 
@@ -77,11 +78,17 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
 
 
 def resolve_precision(precision: Any, accelerator: str = "auto") -> Any:
-    """``auto`` -> ``bf16-mixed`` where a CUDA GPU with bf16 will be used, else ``32-true``."""
+    """``auto`` -> mixed precision on a CUDA GPU, ``32-true`` elsewhere.
+
+    bf16 only where the GPU has it in hardware (Ampere and later): an emulated bf16 is slower
+    than float32, so older GPUs get ``16-mixed`` (with Lightning's loss scaling) instead.
+    """
     if precision != "auto":
         return precision
-    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+    if not (accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()):
+        return "32-true"
+    native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    return "bf16-mixed" if native_bf16 else "16-mixed"
 
 
 def count_train_batches(datamodule: L.LightningDataModule) -> int:

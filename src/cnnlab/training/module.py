@@ -6,10 +6,13 @@ scheduler wiring, so models stay plain ``nn.Module``s that only map images to lo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
@@ -21,7 +24,10 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from cnnlab.training.compile import CompileOptions
 from cnnlab.training.losses import weight_penalty
+
+log = logging.getLogger(__name__)
 
 #: keys in the optimizer/scheduler configs that steer cnnlab, not the torch constructors
 _OPTIMIZER_KEYS = ("full_batch",)
@@ -46,14 +52,21 @@ class ClassificationModule(L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         l1: float = 0.0,
         l2: float = 0.0,
-        compile_model: bool = False,
+        compile: CompileOptions | None = None,
         config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "loss", "config"], logger=False)
+        self.save_hyperparameters(ignore=["model", "loss", "config", "compile"], logger=False)
         self.model = model
         self.criterion = loss
         self.config = dict(config) if config is not None else None
+        self.compile_options = compile
+        #: logits and objective of a batch; ``torch.compile``d in ``setup`` when asked for
+        self.logits_and_loss: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]] = (
+            self._logits_and_loss
+        )
+        self._compiled = False
+        self._warmup_started: float | None = None
 
         def accuracy() -> MulticlassAccuracy:
             return MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -81,21 +94,58 @@ class ClassificationModule(L.LightningModule):
         return self.model(images)
 
     def setup(self, stage: str) -> None:
-        if self.hparams.compile_model and stage == "fit":
-            self.model.compile()  # in place: parameter names and state_dict keys stay the same
+        """Compile forward + loss once (a function, not the modules: ``state_dict`` keys and
+        checkpoints stay those of the eager model)."""
+        options = self.compile_options
+        if options is None or self._compiled:
+            return
+        self._compiled = True
+        log.info("torch.compile(forward + loss, %s)", options.kwargs())
+        self.logits_and_loss = torch.compile(self._logits_and_loss, **options.kwargs())
 
-    def objective(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """What training minimises: the data loss plus the L1/L2 weight penalties."""
+    def _logits_and_loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Logits, data loss and the objective (what training minimises: the data loss plus
+        the L1/L2 weight penalties). Validation and test report the data loss alone, so runs
+        with different penalties compare."""
+        logits = self.model(images)
         loss = self.criterion(logits, labels)
+        objective = loss
         if self.hparams.l1 or self.hparams.l2:  # the default: no per-step walk over the weights
-            loss = loss + weight_penalty(self.model, self.hparams.l1, self.hparams.l2)
-        return loss
+            objective = loss + weight_penalty(self.model, self.hparams.l1, self.hparams.l2)
+        return logits, loss, objective
 
     # -- train ----------------------------------------------------------------------------------
+    def _mark_cudagraph_step(self) -> None:
+        """With CUDA graphs, tell the graph trees that a new step begins: the outputs of the
+        previous replay (already consumed by then) may be overwritten."""
+        if self.compile_options is not None and self.compile_options.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._mark_cudagraph_step()
+        if self.compile_options is not None and self._warmup_started is None:
+            self._warmup_started = time.perf_counter()
+
+    def on_validation_batch_start(
+        self, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._mark_cudagraph_step()
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._mark_cudagraph_step()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Log the compile warm-up: the first step, compilation of forward and backward included."""
+        if self._warmup_started is None or self._warmup_started < 0:
+            return
+        seconds = time.perf_counter() - self._warmup_started
+        self._warmup_started = -1.0  # logged once
+        log.info("torch.compile warm-up (first training step, compile included): %.1f s", seconds)
+        self.log("compile/warmup_s", seconds, on_step=True, on_epoch=False, rank_zero_only=True)
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
-        logits = self(images)
-        loss = self.objective(logits, labels)
+        logits, _, loss = self.logits_and_loss(images, labels)
         self.train_loss(loss.detach(), weight=len(labels))
         self.train_acc(logits.argmax(dim=1), labels)
         self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
@@ -106,8 +156,8 @@ class ClassificationModule(L.LightningModule):
     # -- validate: data loss only, so runs with different penalties compare -------------------
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
-        logits = self(images)
-        self.val_loss(self.criterion(logits, labels), weight=len(labels))
+        logits, loss, _ = self.logits_and_loss(images, labels)
+        self.val_loss(loss, weight=len(labels))
         self.val_acc(logits.argmax(dim=1), labels)
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
@@ -121,9 +171,9 @@ class ClassificationModule(L.LightningModule):
     # -- test -----------------------------------------------------------------------------------
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
-        logits = self(images)
+        logits, loss, _ = self.logits_and_loss(images, labels)
         preds = logits.argmax(dim=1)
-        self.test_loss(self.criterion(logits, labels), weight=len(labels))
+        self.test_loss(loss, weight=len(labels))
         self.test_metrics.update(preds, labels)
         self.test_confusion.update(preds, labels)
         self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
