@@ -1,4 +1,5 @@
-"""Shared helpers for layer tests: build a custom/built-in twin pair and compare them.
+"""Shared helpers for layer tests: build a custom/built-in twin pair and compare them, the
+no-built-in-fallback guard, and one example per op of the registry (``cnnlab.layers.ops``).
 
 Import them in a test module of this folder with ``from layer_testing import twins, ...``
 (pytest puts the folder on ``sys.path``). Not ``from conftest import``: ``tests/`` holds several
@@ -7,11 +8,19 @@ Import them in a test module of this folder with ``from layer_testing import twi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fnmatch
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from hypothesis import HealthCheck, settings
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from cnnlab.layers.ops import OPS
 
 #: Property tests compare against PyTorch on random configurations; a few dozen examples cover
 #: the argument space well while keeping the suite fast. No deadline: shared CPUs are jittery.
@@ -80,3 +89,105 @@ def assert_twins_match(
         if grad_b is not None:
             assert grad_c.dtype == grad_b.dtype, name
             torch.testing.assert_close(grad_c, grad_b, **tol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+# -- the no-built-in-fallback guard -------------------------------------------------------------
+#: What the guard forbids: the built-in implementations of every op of the registry.
+FORBIDDEN_FUNCTIONAL = sorted({name for op in OPS for name in op.builtin_functional})
+FORBIDDEN_ATEN = sorted({pattern for op in OPS for pattern in op.builtin_aten})
+
+
+class ForbidBuiltinKernels(TorchDispatchMode):
+    """Raise on any ATen op whose name matches ``FORBIDDEN_ATEN``; run every other op."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in FORBIDDEN_ATEN):
+            raise AssertionError(f"the custom path ran PyTorch's built-in kernel aten.{name}")
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def forbid_builtin_functional() -> Iterator[None]:
+    """Make the forbidden ``torch.nn.functional`` and all ``torch.nn.grad`` entry points raise."""
+
+    def forbidden(name: str) -> Callable[..., None]:
+        def raise_(*args, **kwargs) -> None:
+            raise AssertionError(f"the custom path called the built-in {name}")
+
+        return raise_
+
+    patches = [(F, name, f"torch.nn.functional.{name}") for name in FORBIDDEN_FUNCTIONAL]
+    patches += [
+        (torch.nn.grad, name, f"torch.nn.grad.{name}")
+        for name, fn in inspect.getmembers(torch.nn.grad, inspect.isfunction)
+        if fn.__module__ == "torch.nn.grad"
+    ]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    try:
+        for owner, name, label in patches:
+            setattr(owner, name, forbidden(label))
+        yield
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+
+
+@contextmanager
+def forbid_builtins() -> Iterator[None]:
+    """Both nets of the guard: patched public entry points and the ATen dispatch mode."""
+    with forbid_builtin_functional(), ForbidBuiltinKernels():
+        yield
+
+
+# -- one small example per op of the registry ---------------------------------------------------
+@dataclass(frozen=True)
+class Example:
+    """Constructor arguments and an input for one op; ``target`` makes the layer a loss."""
+
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    shape: tuple[int, ...] = (2, 3, 6, 6)
+    target: Callable[[], torch.Tensor] | None = None
+    train: bool = True
+
+    def build(self, cls: type[nn.Module], dtype: torch.dtype = torch.float32) -> nn.Module:
+        torch.manual_seed(0)
+        module = cls(*self.args, **self.kwargs).to(dtype).train(self.train)
+        return module if self.target is None else WithTarget(module, self.target())
+
+    def input(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(0)
+        return torch.randn(self.shape, generator=gen, dtype=dtype) * 2 + 0.5
+
+
+class WithTarget(nn.Module):
+    """A loss with its target fixed, so it can be run like a layer: ``loss(x, target)``."""
+
+    def __init__(self, loss: nn.Module, target: torch.Tensor) -> None:
+        super().__init__()
+        self.loss, self.target = loss, target
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.loss(x, self.target)
+
+
+def _classes() -> torch.Tensor:
+    return torch.tensor([0, 2, 4, 1, 2, 3])
+
+
+#: Keyed by ``Op.name``; tests/layers/test_registry.py fails for an op without an example.
+EXAMPLES: dict[str, Example] = {
+    "Conv2d": Example((3, 4, 3), {"padding": 1, "stride": 2}),
+    "Linear": Example((5, 3), shape=(4, 5)),
+    "MaxPool2d": Example((3,), {"stride": 2, "padding": 1}, shape=(2, 3, 7, 7)),
+    "AvgPool2d": Example((3,), {"stride": 2, "padding": 1}, shape=(2, 3, 7, 7)),
+    "ReLU": Example(),
+    "Dropout": Example((0.5,), train=False),
+    "BatchNorm2d": Example((3,), shape=(4, 3, 5, 5)),
+    "SyncBatchNorm": Example((3,), shape=(4, 3, 5, 5)),
+    "Flatten": Example(),
+    "CrossEntropyLoss": Example(kwargs={"label_smoothing": 0.1}, shape=(6, 5), target=_classes),
+    "NLLLoss": Example(kwargs={"ignore_index": 1}, shape=(6, 5), target=_classes),
+    "MSELoss": Example(shape=(6, 5), target=lambda: torch.rand(6, 5)),
+}

@@ -4,64 +4,31 @@ Two independent nets catch a fallback: the public ``torch.nn.functional`` / ``to
 entry points are patched to raise (catches a call however it is spelled in Python), and a
 ``TorchDispatchMode`` raises on the forbidden ATen ops themselves (catches kernels reached any
 other way, including inside backward). Every model, every custom layer with each of its options
-and every custom loss run forward *and* backward under both.
+and every custom loss run forward *and* backward under both. What is forbidden comes from the op
+registry (``cnnlab.layers.ops``), and the tests at the end check that the guard really catches
+the built-in twin of every registered op and has a case for each.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import inspect
 from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from layer_testing import EXAMPLES, ForbidBuiltinKernels, forbid_builtin_functional, forbid_builtins
 
 import cnnlab.layers as L
+from cnnlab.layers.ops import OPS
 from cnnlab.models import MODELS
-
-FORBIDDEN_FUNCTIONAL = [
-    *("conv2d", "linear", "max_pool2d", "avg_pool2d", "batch_norm", "dropout"),
-    *("cross_entropy", "nll_loss", "mse_loss", "log_softmax", "relu", "unfold", "fold"),
-]
-FORBIDDEN_ATEN = [
-    *("convolution*", "_convolution*", "mkldnn_convolution", "cudnn_*", "linear", "*pool*"),
-    *("native_batch_norm*", "_native_batch_norm_legit*", "batch_norm*", "native_dropout*"),
-    *("nll_loss*", "_log_softmax*", "_softmax*", "cross_entropy_loss", "mse_loss*"),
-    *("im2col", "col2im", "relu", "relu_", "threshold_backward"),
-]
-
-
-class ForbidBuiltinKernels(TorchDispatchMode):
-    """Raise on any ATen op whose name matches ``FORBIDDEN_ATEN``; run every other op."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in FORBIDDEN_ATEN):
-            raise AssertionError(f"the custom path ran PyTorch's built-in kernel aten.{name}")
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.fixture
-def no_builtins(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[], torch.Tensor]], None]:
+def no_builtins() -> Callable[[Callable[[], torch.Tensor]], None]:
     """Return ``run(step)``: calls ``step`` (a forward returning a tensor) and backward, guarded."""
 
-    def forbidden(name: str) -> Callable[..., None]:
-        def raise_(*args, **kwargs) -> None:
-            raise AssertionError(f"the custom path called the built-in {name}")
-
-        return raise_
-
-    for name in FORBIDDEN_FUNCTIONAL:
-        monkeypatch.setattr(F, name, forbidden(f"torch.nn.functional.{name}"))
-    for name, fn in inspect.getmembers(torch.nn.grad, inspect.isfunction):
-        if fn.__module__ == "torch.nn.grad":
-            monkeypatch.setattr(torch.nn.grad, name, forbidden(f"torch.nn.grad.{name}"))
-
     def run(step: Callable[[], torch.Tensor]) -> None:
-        with ForbidBuiltinKernels():
+        with forbid_builtins():
             out = step()
             out.float().square().sum().backward()
 
@@ -161,6 +128,10 @@ LAYER_CASES = {
         lambda: L.BatchNorm2d(3, track_running_stats=False).eval(),
         (4, 3, 5, 5),
     ),
+    # One process: the single-process fallback. The all-reduced path runs under the same guard
+    # on two processes in test_sync_batchnorm.py.
+    "syncbatchnorm-train": (lambda: L.SyncBatchNorm(3, momentum=None), (4, 3, 5)),
+    "syncbatchnorm-eval": (lambda: L.SyncBatchNorm(3).eval(), (4, 3, 5, 5)),
     "flatten": (lambda: L.Flatten(), (2, 3, 4, 4)),
 }
 
@@ -231,3 +202,36 @@ def test_losses_run_without_builtin_kernels(no_builtins, case: str) -> None:
     x = torch.randn(6, 5, requires_grad=True)
     no_builtins(lambda: loss(x, target))
     assert x.grad is not None
+
+
+# -- the guard covers the registry ----------------------------------------------------------
+KERNEL_OPS = [op for op in OPS if op.functional]
+#: Built-ins that reach no op of their own in ATen on CPU (``aten.linear`` and ``aten.dropout``
+#: are composite: they decompose into addmm / bernoulli before a dispatch mode sees them), so
+#: only the patched ``torch.nn.functional`` entry point can catch them.
+COMPOSITE_ON_CPU = {"Linear", "Dropout"}
+
+
+def _run_builtin_twin(op) -> None:
+    example = EXAMPLES[op.name]
+    module, x = example.build(op.builtin), example.input().requires_grad_()
+    module(x).float().square().sum().backward()
+
+
+@pytest.mark.parametrize("op", KERNEL_OPS, ids=lambda op: op.name)
+def test_the_guard_catches_the_builtin_twin_of_every_registered_op(op) -> None:
+    """A registered op whose built-in kernels are missing from the guard fails here."""
+    assert op.builtin_functional, f"{op.name}: list its torch.nn.functional entry points"
+    with forbid_builtin_functional(), pytest.raises(AssertionError, match=r"torch\.nn\.functional"):
+        _run_builtin_twin(op)
+    if op.name in COMPOSITE_ON_CPU:
+        return
+    with ForbidBuiltinKernels(), pytest.raises(AssertionError, match="built-in kernel aten"):
+        _run_builtin_twin(op)
+
+
+def test_every_registered_op_has_a_guard_case() -> None:
+    layers = {type(m) for build, _ in LAYER_CASES.values() for m in build().modules()}
+    losses = {type(build()) for build, _ in LOSS_CASES.values()}
+    missing = {op.name for op in KERNEL_OPS} - {cls.__name__ for cls in layers | losses}
+    assert not missing, f"add cases for {sorted(missing)} to LAYER_CASES or LOSS_CASES"

@@ -41,16 +41,17 @@ class LoadedData:
     val: Split | None = None
 
 
-def default_num_workers(in_memory: bool, augment: bool) -> int:
+def default_num_workers(in_memory: bool, augment: bool, processes: int = 1) -> int:
     """Workers that keep the model fed without stealing its cores.
 
     Batches gathered from an in-memory tensor cost microseconds, so worker processes would only
     add IPC; per-sample augmentation or decoding files is real work worth overlapping with the
-    training step, but on a small CPU box every worker also takes a core from the model.
+    training step, but on a small CPU box every worker also takes a core from the model. Under
+    DDP each of the ``processes`` on this machine starts its own workers, so they share its cores.
     """
     if in_memory and not augment:
         return 0
-    cores = os.cpu_count() or 1
+    cores = max(1, (os.cpu_count() or 1) // max(1, processes))
     return max(1, min(8, cores // 2)) if in_memory else max(1, min(8, cores - 1))
 
 
@@ -126,7 +127,16 @@ class ImageClassificationDataModule(L.LightningDataModule):
     def num_workers(self) -> int:
         if self._num_workers is not None:
             return self._num_workers
-        return default_num_workers(self.in_memory, self.augment.enabled)
+        return default_num_workers(
+            self.in_memory, self.augment.enabled, self._processes_per_machine()
+        )
+
+    def _processes_per_machine(self) -> int:
+        """Training processes on this machine: one per device of the attached trainer under DDP
+        (Lightning's ``num_devices`` is per node), else ``LOCAL_WORLD_SIZE`` (torchrun), else 1."""
+        if self.trainer is not None:
+            return self.trainer.num_devices
+        return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
     # -- subclass hook --------------------------------------------------------------------------
     def _load(self) -> LoadedData:

@@ -9,12 +9,35 @@ from cnnlab.functional._utils import errors_named_after
 from cnnlab.functional.batchnorm import batch_norm
 
 
+def running_average_factor(bn: nn.modules.batchnorm._BatchNorm) -> float | torch.Tensor:
+    """Count this batch and return the running-average weight, as ``torch.nn``'s batch norms do.
+
+    ``momentum=None`` means a cumulative moving average: the n-th batch gets weight 1/n,
+    kept as a tensor: reading the count on the host would be a sync and a graph break.
+    """
+    if not (bn.training and bn.track_running_stats and bn.num_batches_tracked is not None):
+        return 0.0 if bn.momentum is None else bn.momentum
+    bn.num_batches_tracked.add_(1)
+    if bn.momentum is None:
+        return 1.0 / bn.num_batches_tracked
+    return bn.momentum
+
+
+def check_channels(bn: nn.modules.batchnorm._BatchNorm, input: torch.Tensor) -> None:
+    """The input's dim 1 must be the layer's ``num_features``."""
+    if input.shape[1] != bn.num_features:
+        raise ValueError(
+            f"{type(bn).__name__}({bn.num_features}) expected {bn.num_features} channels, "
+            f"got {input.shape[1]} (input shape {tuple(input.shape)})"
+        )
+
+
 class BatchNorm2d(nn.BatchNorm2d):
     """Same arguments, buffers (incl. ``num_batches_tracked``) and statistics as the built-in."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input(input)
-        factor = self._update_factor()
+        factor = running_average_factor(self)
         # Batch statistics in training, or in eval when no running statistics are kept.
         use_batch_stats = self.training or self.running_mean is None
         # Running statistics are handed over only where they are read or updated.
@@ -31,30 +54,11 @@ class BatchNorm2d(nn.BatchNorm2d):
                 self.eps,
             )
 
-    def _update_factor(self) -> float | torch.Tensor:
-        """Count this batch and return the running-average weight, as ``nn.BatchNorm2d`` does.
-
-        ``momentum=None`` means a cumulative moving average: the n-th batch gets weight 1/n,
-        kept as a tensor: reading the count on the host would be a sync and a graph break.
-        """
-        if not (
-            self.training and self.track_running_stats and self.num_batches_tracked is not None
-        ):
-            return 0.0 if self.momentum is None else self.momentum
-        self.num_batches_tracked.add_(1)
-        if self.momentum is None:
-            return 1.0 / self.num_batches_tracked
-        return self.momentum
-
     def _check_input(self, input: torch.Tensor) -> None:
-        name = f"{type(self).__name__}({self.num_features})"
         if input.dim() != 4:
             raise ValueError(
-                f"{name} expected a 4-D (N, C, H, W) input, got {input.dim()}-D input of shape "
-                f"{tuple(input.shape)}; add a batch dimension with `x.unsqueeze(0)`"
+                f"{type(self).__name__}({self.num_features}) expected a 4-D (N, C, H, W) input, "
+                f"got {input.dim()}-D input of shape {tuple(input.shape)}; add a batch dimension "
+                "with `x.unsqueeze(0)`"
             )
-        if input.shape[1] != self.num_features:
-            raise ValueError(
-                f"{name} expected {self.num_features} channels, got {input.shape[1]} "
-                f"(input shape {tuple(input.shape)})"
-            )
+        check_channels(self, input)

@@ -1,12 +1,9 @@
 """Swap a model's layers between the hand-written and the built-in family, weights untouched.
 
-Every custom layer subclasses its ``torch.nn`` namesake and overrides only ``forward`` (the
-contract in docs/architecture.md), so both classes keep exactly the same instance state: the
-parameters, buffers, constructor settings (stride, eps, ceil_mode, ...), ``training`` flag and
-hook dicts all live in the instance ``__dict__``. Swapping therefore means building an instance
-of the twin class *without* running ``__init__`` (which would re-initialise the weights) and
-giving it the old instance's state. The same Parameter and buffer objects are reused, so device,
-dtype, ``requires_grad``, optimizer references and ``state_dict`` bits survive a round trip.
+Every custom layer holds exactly the instance state of its ``torch.nn`` twin (the contract in
+docs/architecture.md), so swapping is a class change that keeps the very Parameter and buffer
+objects (see :mod:`cnnlab.layers._swap`): device, dtype, ``requires_grad``, optimizer references
+and ``state_dict`` bits survive a round trip. The pairs come from the op registry.
 """
 
 from __future__ import annotations
@@ -15,47 +12,13 @@ from typing import Literal
 
 import torch.nn as nn
 
-from cnnlab.layers.activation import Flatten, ReLU
-from cnnlab.layers.batchnorm import BatchNorm2d
-from cnnlab.layers.conv import Conv2d
-from cnnlab.layers.dropout import Dropout
-from cnnlab.layers.linear import Linear
-from cnnlab.layers.loss import CrossEntropyLoss, MSELoss, NLLLoss
-from cnnlab.layers.pooling import AvgPool2d, MaxPool2d
+from cnnlab.layers._swap import swap_classes
+from cnnlab.layers.ops import OPS
 
 TARGETS = ("custom", "builtin")
 
-CUSTOM_TO_BUILTIN: dict[type[nn.Module], type[nn.Module]] = {
-    Conv2d: nn.Conv2d,
-    MaxPool2d: nn.MaxPool2d,
-    AvgPool2d: nn.AvgPool2d,
-    Linear: nn.Linear,
-    ReLU: nn.ReLU,
-    Dropout: nn.Dropout,
-    BatchNorm2d: nn.BatchNorm2d,
-    Flatten: nn.Flatten,
-    CrossEntropyLoss: nn.CrossEntropyLoss,
-    NLLLoss: nn.NLLLoss,
-    MSELoss: nn.MSELoss,
-}
+CUSTOM_TO_BUILTIN: dict[type[nn.Module], type[nn.Module]] = {op.custom: op.builtin for op in OPS}
 BUILTIN_TO_CUSTOM = {builtin: custom for custom, builtin in CUSTOM_TO_BUILTIN.items()}
-
-
-def _twin(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
-    """An instance of ``cls`` holding ``module``'s state, built without re-initialisation.
-
-    The registries (``_parameters``, ``_buffers``, ``_modules``, hook dicts, ...) are copied one
-    level deep so the old and new module do not share mutable containers, while the tensors
-    inside them are the very same objects.
-    """
-    twin = object.__new__(cls)
-    twin.__dict__.update(
-        {
-            key: value.copy() if isinstance(value, dict) else value
-            for key, value in vars(module).items()
-        }
-    )
-    return twin
 
 
 def convert(model: nn.Module, to: Literal["custom", "builtin"] = "custom") -> nn.Module:
@@ -68,17 +31,4 @@ def convert(model: nn.Module, to: Literal["custom", "builtin"] = "custom") -> nn
     if to not in TARGETS:
         raise ValueError(f"convert(to=...) must be one of {TARGETS}, got {to!r}.")
     table = BUILTIN_TO_CUSTOM if to == "custom" else CUSTOM_TO_BUILTIN
-    swapped: dict[int, nn.Module] = {}
-
-    def visit(module: nn.Module) -> nn.Module:
-        if id(module) in swapped:
-            return swapped[id(module)]
-        target = table.get(type(module))
-        new = _twin(module, target) if target is not None else module
-        swapped[id(module)] = new
-        for name, child in list(new._modules.items()):
-            if child is not None:
-                new._modules[name] = visit(child)
-        return new
-
-    return visit(model)
+    return swap_classes(model, lambda module: table.get(type(module)))[0]

@@ -20,6 +20,7 @@ from torch import nn
 from cnnlab.layers import IMPLS
 from cnnlab.training.compile import compile_options
 from cnnlab.training.module import ClassificationModule, is_full_batch
+from cnnlab.training.sync_batchnorm import sync_batchnorm_options
 
 
 def plain(config: Any) -> Any:
@@ -102,9 +103,14 @@ def build_trainer(
     callbacks: list[Callback] | None = None,
     loggers: list[Logger] | None = None,
 ) -> L.Trainer:
-    """The trainer of ``cfg.trainer``; ``optimizer=gd`` accumulates over the whole train set."""
+    """The trainer of ``cfg.trainer``; ``optimizer=gd`` accumulates over the whole train set.
+
+    ``trainer.sync_batchnorm`` gives each batch norm its own family's SyncBatchNorm (see
+    ``cnnlab.training.sync_batchnorm``), not Lightning's torch.nn one.
+    """
     extra: dict[str, Any] = {
         "precision": resolve_precision(cfg.trainer.precision, cfg.trainer.get("accelerator")),
+        **sync_batchnorm_options(cfg.trainer),
     }
     if is_full_batch(cfg.optimizer):
         # Lightning also steps at the end of an epoch whose batches are fewer than this, so
