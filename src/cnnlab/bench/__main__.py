@@ -137,10 +137,19 @@ def run_step_command(args: argparse.Namespace, argv: list[str]) -> None:
         repeats=args.repeats,
         warmup=args.warmup,
     )
-    header = machine_lines(args.threads, use_cuda=config.device.type == "cuda")
     if config.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.backends.cudnn.allow_tf32 = args.tf32
+    header = _step_header(args, config, argv)
+    print("\n".join(header), flush=True)
+    results = run_step(config, args.mode, args.impls)
+    _write(args, header, step_table(results))
+
+
+def _step_header(args: argparse.Namespace, config: StepConfig, argv: list[str]) -> list[str]:
+    """Machine, command, what a step is and how it was measured."""
+    header = machine_lines(args.threads, use_cuda=config.device.type == "cuda")
+    if config.device.type == "cuda":
         header.append(f"tf32 (matmul and cudnn): {'on' if args.tf32 else 'off'}")
     optimizer = "" if args.optimizer == "none" else f", {args.optimizer}.step()"
     method = (
@@ -155,6 +164,8 @@ def run_step_command(args: argparse.Namespace, argv: list[str]) -> None:
             f"an empty inductor cache, {config.warmup_calls('compile')} warm-up steps "
             "(compilation included)"
         )
+        if config.cuda_graphs:
+            method += "; CUDA graphs: compiled peak over the whole run, capture included"
     header += [
         f"command: cnnlab-bench {shlex.join(argv)}",
         f"step: {args.model}, input {args.batch}x"
@@ -163,9 +174,7 @@ def run_step_command(args: argparse.Namespace, argv: list[str]) -> None:
         "gradients set to None",
         method,
     ]
-    print("\n".join(header), flush=True)
-    results = run_step(config, args.mode, args.impls)
-    _write(args, header, step_table(results))
+    return header
 
 
 def main(argv: list[str] | None = None) -> None:
