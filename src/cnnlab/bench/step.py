@@ -103,15 +103,19 @@ def make_train_step(
     call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     batch: tuple[torch.Tensor, torch.Tensor],
     config: StepConfig,
+    mark_steps: bool = False,
 ) -> Callable[[], None]:
-    """One training step of ``module`` through ``call`` (the module itself or its compiled form)."""
+    """One training step of ``module`` through ``call`` (the module itself or its compiled form).
+
+    ``mark_steps`` tells CUDA graph trees where each iteration begins.
+    """
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = _optimizer(config.optimizer, params)
     dtype = PRECISIONS[config.precision]
     images, labels = batch
 
     def step() -> None:
-        if config.cuda_graphs:
+        if mark_steps:
             # a new iteration: outputs of the previous replay may be overwritten now
             torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(config.device.type, dtype, enabled=dtype is not None):
@@ -199,7 +203,7 @@ def measure_compiled(
     with _fresh_compiler():
         try:
             compiled = torch.compile(module, mode=config.compile_mode, fullgraph=config.fullgraph)
-            step = make_train_step(module, compiled, batch, config)
+            step = make_train_step(module, compiled, batch, config, mark_steps=config.cuda_graphs)
             timing, peak = _time_compiled(step, config)
         except Exception as error:  # compile errors come in many types; report, don't crash
             return Measurement(error=first_line(error))
