@@ -3,6 +3,7 @@ the CLI writes a complete report (tables, figures, machine description) or a rea
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import subprocess
@@ -21,6 +22,7 @@ from cnnlab.compare.environment import autocast_factory
 from cnnlab.compare.numerics import ERROR_COLUMNS, compare_traces, trace_step
 from cnnlab.compare.parity import ParityHistory, first_divergence
 from cnnlab.compare.runner import Setup, compare_layers
+from cnnlab.compare.timing import layer_memory
 from cnnlab.paths import CONF_DIR
 
 MODELS = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
@@ -64,6 +66,24 @@ def test_autocast_comparison_runs_and_stays_close(precision: str) -> None:
     rows, step = compare_layers(model, torch.randn(8, 1, 8, 8), torch.arange(8), setup, 0, 1)
     assert worst(rows, "_rel") < 0.05  # low-precision round-off, not a wrong gradient
     assert step["fwd_ms_custom"] > 0 and step["bwd_ms_builtin"] > 0
+    # memory is measured on CPU too (cnnlab.measure), for the step and for each layer
+    assert step["peak_MB_custom"] > 0 and step["peak_MB_builtin"] > 0
+    assert step["saved_MB_custom"] > 0
+    assert all(r["peak_MB_builtin"] >= 0 and r["saved_MB_custom"] >= 0 for r in rows)
+    assert max(r["peak_MB_custom"] for r in rows) > 0
+
+
+def test_layer_memory_counts_a_linear_layers_output_and_saved_input() -> None:
+    """Linear 2048->512 on 256 rows: its forward allocates the 0.5 MiB output and autograd keeps
+    the 2 MiB input (the weight is a parameter, not counted); the loss keeps its log-softmax."""
+    model = torch.nn.Sequential(torch.nn.Linear(2048, 512))
+    images = torch.randn(256, 2048, requires_grad=True)
+    labels = torch.randint(512, (256,))
+    memory = layer_memory(
+        model, torch.nn.CrossEntropyLoss(), images, labels, contextlib.nullcontext, CPU
+    )
+    assert memory["0"] == {"saved_MB": 2.0, "peak_MB": 0.5}
+    assert memory["loss"]["saved_MB"] >= 0.5
 
 
 def test_first_divergence_finds_the_step_where_losses_part() -> None:
@@ -115,6 +135,7 @@ def test_cli_writes_report_tables_and_figures(tmp_path: Path, monkeypatch) -> No
     assert rows[-1]["layer"] == "whole step" and float(rows[-1]["fwd_ratio"]) > 0
     assert {"fwd_rel", "grad_w_abs", "bwd_ms_custom", "saved_MB_builtin"} <= rows[0].keys()
     assert all(float(r["fwd_ms_custom"]) > 0 for r in rows)
+    assert float(rows[-1]["peak_MB_custom"]) > 0 and float(rows[-1]["peak_MB_builtin"]) > 0
     assert all(r["bwd_ms_custom"] for r in rows), (
         "every layer, the first included, has a backward time"
     )

@@ -1,7 +1,8 @@
-"""Benchmarks of the hand-written layers against PyTorch's (``python -m cnnlab.bench layers``).
+"""Benchmarks of the hand-written layers against PyTorch's (``cnnlab-bench layers|step``).
 
-``cases``   -- what is measured: the article's CIFAR net layer by layer, and the whole net;
-``measure`` -- how: interleaved wall-clock medians and peak memory of one forward + backward;
-``report``  -- the machine description and the results table;
-``layers``  -- the run itself; ``__main__`` the command line.
+``cases``  -- the article's CIFAR net layer by layer, and a network with its loss as one module;
+``layers`` -- ``layers``: forward + backward of each case, built-in vs custom;
+``step``   -- ``step``: one whole training step of a model, eager and ``torch.compile``d;
+``report`` -- the machine description and the results tables; ``__main__`` the command line.
+How a step is timed and its memory measured lives in ``cnnlab.measure`` (shared with compare).
 """

@@ -1,8 +1,10 @@
-"""Command line: ``python -m cnnlab.bench layers [--device cpu|cuda|all] [--batch 256] ...``."""
+"""Command line: ``cnnlab-bench layers ...`` (layer by layer) and ``cnnlab-bench step ...``
+(one whole training step, eager and compiled)."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -10,28 +12,85 @@ import torch
 
 from cnnlab.bench.cases import CASES
 from cnnlab.bench.layers import run_case, settings
-from cnnlab.bench.report import machine_lines, table
+from cnnlab.bench.report import machine_lines, table, write_markdown
+from cnnlab.bench.step import (
+    COMPILE_MODES,
+    IMPLS,
+    INPUT_SHAPE,
+    MODES,
+    OPTIMIZERS,
+    PRECISIONS,
+    StepConfig,
+    run_step,
+    step_table,
+)
+from cnnlab.models import MODELS
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="cnnlab-bench",
-        description="Time and peak memory of one forward + backward pass, hand-written layers "
-        "vs torch.nn, at the article's CIFAR-10 shapes.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    layers = commands.add_parser("layers", help="every layer of the seed CNN and the whole net")
-    layers.add_argument("--device", choices=("cpu", "cuda", "all"), default="cpu")
-    layers.add_argument("--batch", type=int, default=256)
-    layers.add_argument("--repeats", type=int, default=20, help="timed runs per impl (median)")
-    layers.add_argument("--warmup", type=int, default=3, help="untimed runs per impl first")
-    layers.add_argument(
+def _common(parser: argparse.ArgumentParser, batch: int, repeats: int, warmup: int) -> None:
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed runs per impl (median)")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed runs per impl first")
+    parser.add_argument(
         "--threads",
         type=int,
         default=torch.get_num_threads(),
         help="CPU threads for torch (default: torch's current setting)",
     )
-    layers.add_argument("--markdown", type=Path, help="also write the results to this file")
+    parser.add_argument("--markdown", type=Path, help="also write the results to this file")
+
+
+def _choices(allowed: tuple[str, ...]):
+    """An argparse type for a comma-separated subset of ``allowed``, in the order given."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(dict.fromkeys(item.strip() for item in text.split(",") if item.strip()))
+        wrong = [item for item in items if item not in allowed]
+        if wrong or not items:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give one or more of {','.join(allowed)}, separated by commas"
+            )
+        return items
+
+    return parse
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="cnnlab-bench",
+        description="Time and peak memory of training steps, hand-written layers vs torch.nn.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    layers = commands.add_parser(
+        "layers", help="forward + backward of every layer of the seed CNN and of the whole net"
+    )
+    layers.add_argument("--device", choices=("cpu", "cuda", "all"), default="cpu")
+    _common(layers, batch=256, repeats=20, warmup=3)
+
+    step = commands.add_parser(
+        "step", help="one whole training step of a model, eager and torch.compile'd"
+    )
+    step.add_argument("--model", choices=sorted(MODELS), default="seed_cnn")
+    step.add_argument("--mode", type=_choices(MODES), default=("eager",), help="e.g. eager,compile")
+    step.add_argument("--impls", type=_choices(IMPLS), default=IMPLS, help="e.g. builtin,custom")
+    step.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    step.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32")
+    step.add_argument("--optimizer", choices=OPTIMIZERS, default="none")
+    step.add_argument("--compile-mode", choices=COMPILE_MODES, default="default")
+    step.add_argument(
+        "--fullgraph",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="torch.compile(fullgraph=...): a graph break is an error (default) or splits the step",
+    )
+    step.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="CUDA fp32: allow TF32 in matmuls and convolutions alike (default: neither)",
+    )
+    _common(step, batch=256, repeats=20, warmup=3)
+
     args = parser.parse_args(argv)
     for name in ("batch", "repeats", "threads"):
         if getattr(args, name) < 1:
@@ -41,9 +100,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+def _write(args: argparse.Namespace, header: list[str], result: str) -> None:
+    print(result)
+    if args.markdown is not None:
+        write_markdown(args.markdown, header, result)
+        print(f"wrote {args.markdown}")
+
+
+def run_layers(args: argparse.Namespace) -> None:
     runs = settings(args.device)
     header = machine_lines(args.threads, use_cuda=any(d.type == "cuda" for _, d, _ in runs))
     header.append(
@@ -51,19 +115,76 @@ def main(argv: list[str] | None = None) -> None:
         f"runs after {args.warmup} warm-up runs; peak = most bytes the step allocates at once"
     )
     print("\n".join(header), flush=True)
-
     rows = []
     for setting in runs:
         for case in CASES:
             rows.append(run_case(case, setting, args.batch, args.repeats, args.warmup))
             print(f"  done: {setting[0]}, {case.name}", file=sys.stderr, flush=True)
-    result = table(rows)
-    print(result)
-    if args.markdown is not None:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        lines = "\n".join(f"- {line}" for line in header)
-        args.markdown.write_text(f"{lines}\n\n{result}\n")
-        print(f"wrote {args.markdown}")
+    _write(args, header, table(rows))
+
+
+def run_step_command(args: argparse.Namespace, argv: list[str]) -> None:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available here; use --device cpu.")
+    config = StepConfig(
+        model=args.model,
+        batch=args.batch,
+        device=torch.device(args.device),
+        precision=args.precision,
+        optimizer=args.optimizer,
+        compile_mode=args.compile_mode,
+        fullgraph=args.fullgraph,
+        repeats=args.repeats,
+        warmup=args.warmup,
+    )
+    if config.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
+    header = _step_header(args, config, argv)
+    print("\n".join(header), flush=True)
+    results = run_step(config, args.mode, args.impls)
+    _write(args, header, step_table(results))
+
+
+def _step_header(args: argparse.Namespace, config: StepConfig, argv: list[str]) -> list[str]:
+    """Machine, command, what a step is and how it was measured."""
+    header = machine_lines(args.threads, use_cuda=config.device.type == "cuda")
+    if config.device.type == "cuda":
+        header.append(f"tf32 (matmul and cudnn): {'on' if args.tf32 else 'off'}")
+    optimizer = "" if args.optimizer == "none" else f", {args.optimizer}.step()"
+    method = (
+        f"method: median of {args.repeats} timed steps after {config.warmup_calls('eager')} "
+        "warm-up steps, builtin and custom taking turns; warm-up s = wall time of the warm-up "
+        "steps; peak = most bytes a step allocates at once"
+    )
+    if "compile" in args.mode:
+        method += (
+            f"; compiled: torch.compile(model + loss, mode={args.compile_mode}, "
+            f"fullgraph={args.fullgraph}), each impl on its own after torch._dynamo.reset() with "
+            f"an empty inductor cache, {config.warmup_calls('compile')} warm-up steps "
+            "(compilation included)"
+        )
+        if config.cuda_graphs:
+            method += "; CUDA graphs: compiled peak over the whole run, capture included"
+    header += [
+        f"command: cnnlab-bench {shlex.join(argv)}",
+        f"step: {args.model}, input {args.batch}x"
+        + "x".join(map(str, INPUT_SHAPE))
+        + f", {args.device} {args.precision}: forward + CrossEntropyLoss, backward{optimizer}, "
+        "gradients set to None",
+        method,
+    ]
+    return header
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.command == "layers":
+        run_layers(args)
+    else:
+        run_step_command(args, argv)
 
 
 if __name__ == "__main__":

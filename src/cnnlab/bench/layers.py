@@ -10,11 +10,9 @@ import torch
 import torch.nn as nn
 
 from cnnlab.bench.cases import Case
-from cnnlab.bench.measure import median_seconds, peak_bytes
 from cnnlab.bench.report import Row
 from cnnlab.layers import convert
-
-MIB = 2**20
+from cnnlab.measure import MIB, interleaved_timings, peak_bytes
 
 
 def settings(device: str) -> list[tuple[str, torch.device, torch.dtype | None]]:
@@ -79,14 +77,14 @@ def run_case(
         impl: make_step(module, case, batch, device, autocast)
         for impl, module in (("builtin", builtin), ("custom", custom))
     }
-    seconds = median_seconds(steps, device, repeats=repeats, warmup=warmup)
+    timings = interleaved_timings(steps, device, repeats=repeats, warmup=warmup)
     memory = {impl: peak_bytes(step, device) for impl, step in steps.items()}
     return Row(
         setting=label,
         case=case.name,
         shape="x".join(map(str, (batch, *case.shape))),
-        builtin_ms=seconds["builtin"] * 1e3,
-        custom_ms=seconds["custom"] * 1e3,
+        builtin_ms=timings["builtin"].median_s * 1e3,
+        custom_ms=timings["custom"].median_s * 1e3,
         builtin_mib=memory["builtin"] / MIB,
         custom_mib=memory["custom"] / MIB,
     )

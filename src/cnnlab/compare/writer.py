@@ -59,7 +59,8 @@ def _layers_section(
         + markdown_table(rows, ERROR_TABLE)
         + "\n![relative errors](errors.png)\n\n"
         f"## Speed and memory ({timed})\n\n"
-        "`saved_MB`: activations kept for backward; `peak_MB`: CUDA allocator peak (GPU only). "
+        "`saved_MB`: activations kept for backward; `peak_MB`: most bytes held at once above "
+        "the start (of the layer's forward, or of the whole step; `cnnlab.measure`). "
         "Ratios are custom / builtin.\n\n"
         + markdown_table([*rows, step], TIME_TABLE)
         + "\n![timing](timing.png)\n"
