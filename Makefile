@@ -2,6 +2,8 @@
 #   make train                      train the article's CNN (custom layers) on the offline digits set
 #   make train ARGS="model=resnet model.impl=builtin trainer.max_epochs=3"
 #   make test / make test-full      fast suite / everything incl. slow CLI, DDP and sweep tests
+#   make gpu-check                  on a CUDA machine: gpu tests, GPU benchmarks, the article's
+#                                   experiment (5 seeds per impl), figures written into docs/
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -9,7 +11,7 @@ STAMP  := $(VENV)/.cnnlab-installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train eval bench test test-full lint format clean
+.PHONY: install train eval bench bench-step gpu-check test test-full lint format clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +28,12 @@ eval: install
 
 bench: install
 	$(BIN)/python -m cnnlab.bench layers $(ARGS)
+
+bench-step: install
+	$(BIN)/python -m cnnlab.bench step --mode eager,compile $(ARGS)
+
+gpu-check: install
+	$(BIN)/python -m cnnlab.bench.gpu_check $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -211,3 +211,41 @@ def test_step_benchmark_compiles_builtin_layers(capsys) -> None:
     assert float(compiled[4]) > float(rows["eager"][4]), "compiling costs more than eager calls"
     assert compiled[10] == "1/-", "one graph, no recompiles"
     assert compiled[2] == "-" and compiled[3] == "-"
+
+
+@pytest.mark.slow
+def test_plain_loop_trains_both_impls_and_reports_mean_and_std(tmp_path, capsys) -> None:
+    """``cnnlab-bench loop`` on a tiny two-colour ImageFolder: both impls learn it."""
+    from PIL import Image
+
+    from cnnlab.bench.__main__ import main
+
+    gen = torch.Generator().manual_seed(0)
+    for split, count in (("train", 24), ("test", 8)):
+        for label, colour in (("red", 0), ("blue", 2)):
+            folder = tmp_path / "set" / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = torch.rand(32, 32, 3, generator=gen) * 0.4
+                pixels[..., colour] += 0.6
+                Image.fromarray((pixels * 255).byte().numpy()).save(folder / f"{i}.png")
+    data, cache = str(tmp_path / "set"), str(tmp_path / "cache")
+    main(
+        [
+            "loop",
+            "--data",
+            data,
+            "--data-dir",
+            cache,
+            *["--epochs", "4", "--seeds", "2", "--batch", "8"],
+        ]
+    )
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows[2:]] == [
+        "builtin, compile=none",
+        "custom, compile=none",
+    ]
+    for row in rows[2:]:
+        accuracy_mean = float(row.split("|")[4].split("±")[0])
+        assert accuracy_mean > 90.0, row
+        assert row.rstrip(" |").endswith("2")  # two seeds

@@ -76,7 +76,7 @@ def assert_twins_match(
     def grad_out(out: torch.Tensor) -> torch.Tensor:
         if "g" not in upstream:
             upstream["g"] = torch.randn(out.shape, generator=gen, dtype=torch.float64)
-        return upstream["g"].to(out.dtype)
+        return upstream["g"].to(out.device, out.dtype)
 
     out_c, grads_c = run_with_grads(custom, x, grad_out)
     out_b, grads_b = run_with_grads(builtin, x, grad_out)
@@ -166,7 +166,8 @@ class WithTarget(nn.Module):
 
     def __init__(self, loss: nn.Module, target: torch.Tensor) -> None:
         super().__init__()
-        self.loss, self.target = loss, target
+        self.loss = loss
+        self.register_buffer("target", target, persistent=False)  # moves with .to(device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.loss(x, self.target)

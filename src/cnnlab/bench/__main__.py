@@ -12,6 +12,8 @@ import torch
 
 from cnnlab.bench.cases import CASES
 from cnnlab.bench.layers import run_case, settings
+from cnnlab.bench.loop import add_arguments as add_loop_arguments
+from cnnlab.bench.loop import run as run_loop
 from cnnlab.bench.report import machine_lines, table, write_markdown
 from cnnlab.bench.step import (
     COMPILE_MODES,
@@ -90,6 +92,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="CUDA fp32: allow TF32 in matmuls and convolutions alike (default: neither)",
     )
     _common(step, batch=256, repeats=20, warmup=3)
+
+    loop = commands.add_parser(
+        "loop", help="the article's CIFAR-10 experiment as a plain PyTorch loop (no Lightning)"
+    )
+    add_loop_arguments(loop)
+    _common(loop, batch=64, repeats=1, warmup=0)
 
     args = parser.parse_args(argv)
     for name in ("batch", "repeats", "threads"):
@@ -183,6 +191,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     if args.command == "layers":
         run_layers(args)
+    elif args.command == "loop":
+        header = [*machine_lines(args.threads, use_cuda=args.device == "cuda")]
+        header.append(f"command: cnnlab-bench {shlex.join(argv)}")
+        print("\n".join(header), flush=True)
+        result = run_loop(args)  # prints its rows as they come
+        if args.markdown is not None:
+            write_markdown(args.markdown, header, result)
     else:
         run_step_command(args, argv)
 

@@ -41,20 +41,23 @@ class _BatchNorm(torch.autograd.Function):
         x, g = input.to(mean.dtype), grad.to(mean.dtype)
         dims = [d for d in range(x.dim()) if d != 1]
         view = lambda t: _channel_view(t, x.dim())  # noqa: E731
-        centred = x - view(mean)
         sum_g = g.sum(dims)
-        dot = (g * centred).sum(dims)  # = sum(g * x_hat) / invstd
+        # dot = sum(g * (x - mean)) = sum(g * x_hat) / invstd, from the centred input (not
+        # sum(g*x) - mean*sum(g), which cancels when |mean| >> std).
+        dot = (x - view(mean)).mul_(g).sum(dims)
         gamma = torch.ones_like(invstd) if weight is None else weight.to(mean.dtype)
         grad_input = None
         if ctx.needs_input_grad[0]:
+            # dx = gamma*invstd * (g - [mean(g) + x_hat*mean(g*x_hat)]) is affine in g and x per
+            # channel: dx = a*g + b*x + c, i.e. two fused multiply-adds over the input.
+            a = gamma * invstd
             if ctx.batch_stats:
-                # dx = gamma * invstd * (g - mean(g) - x_hat * mean(g * x_hat))
                 count = x.numel() // x.shape[1]
-                k = view(invstd * invstd * dot / count)
-                grad_input = (g - view(sum_g / count)).sub_(centred.mul_(k))
-                grad_input = grad_input.mul_(view(gamma * invstd))
+                b = -a * invstd * invstd * dot / count
+                c = -a * sum_g / count - b * mean
+                grad_input = torch.addcmul(view(c), x, view(b)).addcmul_(g, view(a))
             else:  # the statistics are constants
-                grad_input = g * view(gamma * invstd)
+                grad_input = g * view(a)
             grad_input = grad_input.to(input.dtype)
         grad_weight = None if weight is None else (dot * invstd).to(weight.dtype)
         grad_bias = None if ctx.bias_dtype is None else sum_g.to(ctx.bias_dtype)

@@ -115,7 +115,7 @@ def sync_batch_norm(
     running_var: torch.Tensor | None,
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
-    momentum: float = 0.1,
+    momentum: float | torch.Tensor = 0.1,
     eps: float = 1e-5,
     group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
