@@ -34,9 +34,10 @@ def test_only_command_line_keys_replace_the_trained_config(compose_config) -> No
 
 def test_missing_checkpoint_is_explained(compose_config, tmp_path: Path) -> None:
     from cnnlab.eval import evaluate
+    from cnnlab.training.builders import CheckpointError
 
     cfg = compose_config(f"ckpt_path={tmp_path / 'nowhere'}", config_name="eval")
-    with pytest.raises(FileNotFoundError, match=r"best\.ckpt"):
+    with pytest.raises(CheckpointError, match=r"does not exist.*best\.ckpt"):
         evaluate(cfg)
 
 

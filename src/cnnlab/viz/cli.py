@@ -42,13 +42,6 @@ def resolve_run(run_dir: str | None, ckpt_path: str | None) -> tuple[Path, Path]
     return run, run
 
 
-def output_folder(cfg: DictConfig) -> Path:
-    """``out=`` when given, else this command's Hydra run folder."""
-    if cfg.get("out"):
-        return Path(cfg.out).expanduser()
-    return Path(HydraConfig.get().runtime.output_dir)
-
-
 def _drop_if_empty(folder: Path) -> None:
     """A failed command leaves no empty ``outputs/viz/runs/<time>/`` behind."""
     with contextlib.suppress(OSError):  # not empty, or already gone
@@ -70,7 +63,7 @@ def main(cfg: DictConfig) -> None:
             cfg.viz.update(
                 {name: False for name in cfg.viz if name not in ("enabled", "curves", "num_images")}
             )
-        out = output_folder(cfg)
+        out = Path(HydraConfig.get().runtime.output_dir)  # = out=, resolved once by Hydra
         written = render_run(run, cfg.viz, module=module, datamodule=datamodule, out_dir=out)
     except Exception as err:
         message = user_message(err)
