@@ -9,29 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from checkpoint_helpers import plant_writer, write_checkpoint
 from cnnlab.paths import CONF_DIR
-from cnnlab.training.builders import (
-    build_datamodule,
-    build_module,
-    load_checkpoint,
-    load_run,
-    plain,
-)
+from cnnlab.training.builders import load_checkpoint, load_run, plain
 from cnnlab.training.safe_config import UnsafeConfigError, check_config, target_problem
-
-SMALL = ("model.channels=[4,8,8]", "model.hidden=16", "model.impl=builtin")
-
-
-def write_checkpoint(compose_config, path: Path, *overrides: str, edit=None) -> Path:
-    """A cnnlab checkpoint (weights + stored config) without training; ``edit`` changes the
-    stored config the way a hostile or careless sender would."""
-    cfg = compose_config(*SMALL, *overrides)
-    module = build_module(cfg, build_datamodule(cfg))
-    config = plain(cfg)
-    if edit is not None:
-        edit(config)
-    torch.save({"state_dict": module.state_dict(), "cnnlab_config": config}, path)
-    return path
 
 
 def _options(group: str) -> list[str]:
@@ -123,11 +104,7 @@ def test_interpolations_are_refused(compose_config) -> None:
 
 def test_a_hostile_checkpoint_builds_nothing(compose_config, tmp_path: Path) -> None:
     victim = tmp_path / "written-by-the-checkpoint.txt"
-
-    def plant(config: dict) -> None:
-        config["logger"]["evil"] = {**EVIL, "self": str(victim)}
-
-    ckpt = write_checkpoint(compose_config, tmp_path / "evil.ckpt", edit=plant)
+    ckpt = write_checkpoint(compose_config, tmp_path / "evil.ckpt", edit=plant_writer(victim))
     for load in (load_checkpoint, load_run):
         with pytest.raises(
             UnsafeConfigError, match=r"pathlib\.Path\.write_text.*Nothing was built"

@@ -127,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as err:
         sys.exit(f"cnnlab-report: {err}")
     except OSError as err:
+        if not (err.filename or err.filename2):  # a failed write() names no file: name the folder
+            err.filename = str(out)
         message = user_message(err)
         if message is None or verbose():
             raise
