@@ -24,7 +24,8 @@ def _options(group: str) -> list[str]:
         for group in ("data", "model", "optimizer", "scheduler", "loss", "trainer", "debug")
         for option in _options(group)
     ]
-    + ["experiment=seed_cifar10", "trainer.limit_train_batches=0.5", "data.image_size=[8,6]"],
+    + ["experiment=seed_cifar10", "trainer.limit_train_batches=0.5", "data.image_size=[8,6]"]
+    + ["trainer.devices=[0,1]", "trainer.devices=-1", "trainer.devices=auto"],
 )
 def test_every_shipped_config_is_valid(compose_config, override: str) -> None:
     folder = ("data=imagefolder", "data.root=x")
@@ -49,6 +50,8 @@ def test_every_shipped_config_is_valid(compose_config, override: str) -> None:
         (["trainer.precision=fp8"], "trainer.precision='fp8'"),
         (["l2=-0.1"], "l2=-0.1"),
         (["seed=abc"], "seed='abc'"),
+        (["trainer.devices=abc"], "trainer.devices='abc'"),
+        (["trainer.devices=0"], "trainer.devices=0"),
         (
             ["data=imagefolder"],
             "data.root is not set: give it on the command line, e.g. data.root=",

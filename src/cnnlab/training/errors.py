@@ -14,6 +14,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
 from cnnlab.data import DatasetNotFoundError, ImageDecodeError
 from cnnlab.data.archive import ArchiveError
 from cnnlab.data.imagefolder import ImageFolderError
@@ -35,6 +37,7 @@ USER_ERRORS = (
     ImageFolderError,
     ArchiveError,
     NonFiniteLossError,
+    MisconfigurationException,  # Lightning's own "this trainer setting cannot work"
 )
 
 

@@ -59,6 +59,15 @@ def image_size(v: Any) -> bool:
     return v is None or (_is_int(v) and v >= 1)
 
 
+def devices(v: Any) -> bool:
+    """Lightning's ``devices``: a count, -1 (all), ``auto``, or which ones (``[0, 1]``, ``"0,1"``)."""
+    if isinstance(v, (list, tuple, ListConfig)):
+        return len(v) > 0 and all(_is_int(x) and x >= 0 for x in v)
+    if isinstance(v, str):
+        return v == "auto" or all(part.strip().isdigit() for part in v.split(","))
+    return _is_int(v) and (v >= 1 or v == -1)
+
+
 @dataclass(frozen=True)
 class Rule:
     key: str
@@ -81,6 +90,7 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.fast_dev_run", lambda v: isinstance(v, bool) or integer(0)(v), "true, false or a batch count"),
     Rule("trainer.gradient_clip_val", lambda v: v is None or number(0)(v), "null or a number >= 0"),
     Rule("trainer.precision", lambda v: str(v) in PRECISIONS and not isinstance(v, bool), f"one of {sorted(PRECISIONS)}"),
+    Rule("trainer.devices", devices, "a count >= 1, -1 (all), auto, or a list such as [0,1]"),
     Rule("data.batch_size", integer(1), "an integer >= 1"),
     Rule("data.val_fraction", number(0, 1, high_open=True), "a fraction in [0, 1)"),
     Rule("data.test_fraction", number(0, 1, high_open=True), "a fraction in [0, 1)"),
