@@ -11,7 +11,13 @@ import torch
 
 from checkpoint_helpers import plant_writer, write_checkpoint
 from cnnlab.paths import CONF_DIR
-from cnnlab.training.builders import load_checkpoint, load_run, plain
+from cnnlab.training.builders import (
+    CheckpointError,
+    load_checkpoint,
+    load_run,
+    plain,
+    read_checkpoint,
+)
 from cnnlab.training.safe_config import UnsafeConfigError, check_config, target_problem
 
 
@@ -119,3 +125,10 @@ def test_a_clean_checkpoint_rebuilds_its_run(compose_config, tmp_path: Path) -> 
     assert cfg.model.hidden == 16
     saved = torch.load(ckpt, weights_only=True)["state_dict"]
     assert all(torch.equal(module.state_dict()[k], v) for k, v in saved.items())
+
+
+def test_pickled_objects_are_never_unpickled(tmp_path: Path) -> None:
+    ckpt = tmp_path / "objects.ckpt"
+    torch.save({"state_dict": {}, "where": Path("/etc")}, ckpt)  # a PosixPath: not plain data
+    with pytest.raises(CheckpointError, match=r"pickled Python objects.*weights_only=True"):
+        read_checkpoint(ckpt)

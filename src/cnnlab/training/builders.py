@@ -171,7 +171,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         else:
             why = f"it is not a PyTorch checkpoint ({first_line(err)})"
         raise CheckpointError(f"cannot load checkpoint {name}: {why}.") from err
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError) as err:
+    except OSError as err:  # permissions, a network error for a URL, ...
+        raise CheckpointError(f"cannot read checkpoint {name}: {first_line(err)}.") from err
+    except (RuntimeError, EOFError, ValueError, KeyError) as err:
         raise CheckpointError(
             f"cannot load checkpoint {name}: it is truncated or not a PyTorch checkpoint "
             f"({type(err).__name__}: {first_line(err)})."
@@ -241,7 +243,7 @@ def load_run(
 ) -> tuple[DictConfig, ClassificationModule, L.LightningDataModule]:
     """Rebuild a trained run (config, module with its weights, data module) from its folder."""
     cfg, checkpoint = load_checkpoint(path)
-    validate_config(cfg)
+    validate_config(cfg, resume=False)  # its ckpt_path is history, not something to read
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     load_weights(module, checkpoint["state_dict"], find_checkpoint(path))

@@ -18,9 +18,6 @@ from typing import Any
 
 from cnnlab.training.errors import UserError
 
-#: keys Hydra reads next to ``_target_``; their values are options, never targets themselves
-_HYDRA_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
-
 
 @dataclass(frozen=True)
 class Allowed:
@@ -43,7 +40,9 @@ ALLOWED: tuple[Allowed, ...] = (
         "lightning.pytorch.loggers:Logger",
     ),
     Allowed(
-        "lightning.pytorch.callbacks.", "lightning.pytorch.", "lightning.pytorch.callbacks:Callback"
+        "lightning.pytorch.callbacks.",
+        "lightning.pytorch.callbacks.",
+        "lightning.pytorch.callbacks:Callback",
     ),
     Allowed("lightning.pytorch.Trainer", "lightning.pytorch.trainer.", "lightning.pytorch:Trainer"),
 )
