@@ -151,6 +151,8 @@ def test_cli_writes_report_tables_and_figures(tmp_path: Path, monkeypatch) -> No
         ("precision=bf16 dtype=float64", "autocasts float32 work"),
         ("mode=fast", "mode must be one of"),
         ("dtype=float16", "dtype must be one of"),
+        ("data=imagefolder", "data.root is not set"),
+        ("data.val_fraction=2", "data.val_fraction=2 is not valid"),
     ],
 )
 def test_cli_explains_bad_settings(tmp_path, monkeypatch, override: str, message: str) -> None:

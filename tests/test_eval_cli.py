@@ -34,9 +34,10 @@ def test_only_command_line_keys_replace_the_trained_config(compose_config) -> No
 
 def test_missing_checkpoint_is_explained(compose_config, tmp_path: Path) -> None:
     from cnnlab.eval import evaluate
+    from cnnlab.training.builders import CheckpointError
 
     cfg = compose_config(f"ckpt_path={tmp_path / 'nowhere'}", config_name="eval")
-    with pytest.raises(FileNotFoundError, match=r"best\.ckpt"):
+    with pytest.raises(CheckpointError, match=r"does not exist.*best\.ckpt"):
         evaluate(cfg)
 
 
@@ -59,3 +60,36 @@ def test_eval_reproduces_the_training_test_metrics(run_cli, tmp_path: Path) -> N
         assert eval_record[key] == train_record[key], key
     assert eval_record["test/loss"] == pytest.approx(train_record["test/loss"], rel=1e-5)
     assert "Run folder:" in evaluated.stdout + evaluated.stderr
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_eval_viz_and_report_leave_the_training_run_byte_identical(run_cli, tmp_path) -> None:
+    trained = run_cli(
+        "cnnlab.train", "model.impl=builtin", "logger=many", *QUICK, "hydra.run.dir=outputs/run"
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run_dir = tmp_path / "outputs" / "run"
+    before = _snapshot(run_dir)
+    assert "csv/metrics.csv" in before and any(k.startswith("tensorboard/") for k in before)
+
+    for command in (
+        ("cnnlab.eval", f"ckpt_path={run_dir}"),  # the run folder: its best.ckpt
+        ("cnnlab.viz.cli", f"run_dir={run_dir}", "viz.gradcam=false"),
+        ("cnnlab.report", str(run_dir)),
+    ):
+        result = run_cli(*command)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert _snapshot(run_dir) == before
+
+    (eval_dir,) = (tmp_path / "outputs" / "eval" / "runs").iterdir()
+    assert json.loads((eval_dir / "metrics.json").read_text())["status"] == "ok"
+    eval_csv = (eval_dir / "csv" / "metrics.csv").read_text()
+    assert "test/acc" in eval_csv and "train/loss" not in eval_csv  # its own log, not the run's
+    (viz_dir,) = (tmp_path / "outputs" / "viz" / "runs").iterdir()
+    assert {"training_curves.png", "filters.png"} <= {p.name for p in viz_dir.iterdir()}
+    (report_dir,) = (tmp_path / "outputs" / "report").iterdir()
+    assert "| builtin |" in (report_dir / "report.md").read_text()

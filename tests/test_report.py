@@ -62,9 +62,12 @@ def test_report_has_a_row_per_job_and_figures(sweep_dir: Path, tmp_path: Path, c
     assert "report.md" in capsys.readouterr().out
 
 
-def test_report_on_a_single_run(sweep_dir: Path) -> None:
+def test_report_on_a_single_run_goes_to_its_own_folder(sweep_dir: Path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     report_main([str(sweep_dir / "1")])
-    assert [r["impl"] for r in read_csv(sweep_dir / "1" / "report.csv")] == ["builtin"]
+    (own,) = (tmp_path / "outputs" / "report").iterdir()
+    assert [r["impl"] for r in read_csv(own / "report.csv")] == ["builtin"]
+    assert not (sweep_dir / "1" / "report.csv").exists()  # nothing written into the run
 
 
 @pytest.mark.parametrize(
@@ -94,12 +97,12 @@ def test_report_lists_every_job_of_a_cli_sweep(tmp_path: Path) -> None:
     ]
     trained = subprocess.run(train, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert trained.returncode == 0, trained.stderr[-3000:]
-    report = [sys.executable, "-m", "cnnlab.report", str(sweep)]
+    report = [sys.executable, "-m", "cnnlab.report", str(sweep), "--out", str(tmp_path / "rep")]
     result = subprocess.run(report, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = read_csv(sweep / "report.csv")
+    rows = read_csv(tmp_path / "rep" / "report.csv")
     assert sorted(r["job"] for r in rows) == ["0", "1", "2", "3"]
     assert {(r["impl"], r["optimizer"]) for r in rows} == {
         (impl, opt) for impl in ("custom", "builtin") for opt in ("sgd", "adam")
     }
-    assert "swept: optimizer" in (sweep / "report.md").read_text()
+    assert "swept: optimizer" in (tmp_path / "rep" / "report.md").read_text()

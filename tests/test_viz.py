@@ -102,13 +102,27 @@ def test_cli_renders_from_checkpoint_and_honours_switches(run_dir, monkeypatch, 
     ckpt = out_run / "checkpoints" / "last.ckpt"
     ckpt.write_bytes((run_dir / "checkpoints" / "last.ckpt").read_bytes())
     off = [f"viz.{name}=false" for name in PLOTS if name not in ("saliency", "curves")]
-    monkeypatch.setattr(sys, "argv", ["cnnlab-viz", f"ckpt_path={ckpt}", *off])
+    plots = tmp_path / "plots"
+    monkeypatch.setattr(sys, "argv", ["cnnlab-viz", f"ckpt_path={ckpt}", f"out={plots}", *off])
     viz_main()
     # a bare checkpoint has no csv log: curves are skipped, not an error
-    assert [p.name for p in (out_run / "viz").iterdir()] == ["saliency.png"]
+    assert [p.name for p in plots.iterdir()] == ["saliency.png"]
+    assert [p.name for p in out_run.iterdir()] == ["checkpoints"]  # the run folder is untouched
+
+
+def test_cli_writes_into_its_own_run_folder(run_dir, monkeypatch, tmp_path) -> None:
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    monkeypatch.chdir(tmp_path)
+    off = [f"viz.{name}=false" for name in PLOTS if name != "filters"]
+    monkeypatch.setattr(sys, "argv", ["cnnlab-viz", f"run_dir={run_dir}", *off])
+    viz_main()
+    (own,) = (tmp_path / "outputs" / "viz" / "runs").iterdir()
+    assert [p.name for p in own.iterdir()] == ["filters.png"]
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
 def test_cli_rejects_a_folder_that_is_not_a_run(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["cnnlab-viz", f"run_dir={tmp_path}"])
     with pytest.raises(SystemExit, match="not a cnnlab-train run folder"):
         viz_main()
@@ -118,6 +132,7 @@ def test_cli_explains_a_checkpoint_of_another_model(run_dir, tmp_path, monkeypat
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     checkpoint["cnnlab_config"]["model"]["hidden"] = 64  # the stored weights have 32 units
     torch.save(checkpoint, tmp_path / "other.ckpt")
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["cnnlab-viz", f"ckpt_path={tmp_path / 'other.ckpt'}"])
     with pytest.raises(SystemExit, match="does not fit the model"):
         viz_main()

@@ -5,6 +5,10 @@
 
 The config comes from ``checkpoint["cnnlab_config"]``; only what is named on the command line
 changes, so an evaluation cannot silently differ from its run in data split, model or loss.
+Where things are *written* is never taken from the checkpoint: paths, loggers, callbacks and the
+trainer's root folder are this evaluation's own, so the training run's folder stays untouched
+(and a checkpoint from elsewhere cannot point its writes anywhere). Its config is checked against
+:mod:`cnnlab.training.safe_config` before anything is built.
 """
 
 from __future__ import annotations
@@ -27,16 +31,19 @@ from cnnlab.training.builders import (
     build_trainer,
     find_checkpoint,
     load_checkpoint,
+    load_weights,
     plain,
 )
 from cnnlab.training.ddp import use_job_subprocess_command
 from cnnlab.training.errors import user_errors_as_messages
 from cnnlab.training.results import format_metrics, write_metrics
+from cnnlab.training.validate import validate_config
 
 log = logging.getLogger(__name__)
 
-#: keys that always describe this evaluation, never the training run
-_OWN_KEYS = ("paths", "task_name", "ckpt_path")
+#: keys that always describe this evaluation, never the training run: everything that says
+#: where files go (a stored config holds the training run's absolute folders)
+_OWN_KEYS = ("paths", "task_name", "ckpt_path", "logger", "callbacks")
 
 
 def run_config(cfg: DictConfig, trained: DictConfig, overrides: Sequence[str]) -> DictConfig:
@@ -50,19 +57,22 @@ def run_config(cfg: DictConfig, trained: DictConfig, overrides: Sequence[str]) -
         OmegaConf.update(merged, key, plain(OmegaConf.select(cfg, key)), merge=False)
     with open_dict(merged):
         for key in _OWN_KEYS:
-            merged[key] = plain(cfg[key])
+            merged[key] = plain(cfg.get(key))
+        merged.trainer.default_root_dir = plain(cfg.trainer.default_root_dir)
     return merged
 
 
 def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]:
     """Test ``cfg.ckpt_path`` and record the result in this evaluation's run folder."""
     started = time.perf_counter()
+    validate_config(cfg, resume=False)
     ckpt_file = find_checkpoint(cfg.ckpt_path)
     trained, checkpoint = load_checkpoint(ckpt_file)
     run_cfg = run_config(cfg, trained, overrides)
+    validate_config(run_cfg, resume=False)
     datamodule = build_datamodule(run_cfg)
     module = build_module(run_cfg, datamodule)
-    module.load_state_dict(checkpoint["state_dict"])
+    load_weights(module, checkpoint["state_dict"], ckpt_file)
     trainer = build_trainer(run_cfg, datamodule, callbacks=[], loggers=build_loggers(run_cfg))
     (metrics,) = trainer.test(module, datamodule=datamodule)
     if rank_zero_only.rank == 0:

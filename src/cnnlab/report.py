@@ -3,6 +3,8 @@
 PATH may be a single run, a sweep (``outputs/<task>/multiruns/<time>``) or a whole ``outputs/``
 tree. The table has one row per job -- its overrides, impl, best val accuracy, test accuracy
 and F1, wall time -- and the figures put the swept values side by side, custom next to built-in.
+The report goes to ``--out`` or to its own folder ``outputs/report/<time>/`` (under
+``$CNNLAB_ROOT`` when set), never into the runs it reads.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cnnlab.training.errors import user_message, verbose
 from cnnlab.training.results import METRICS_FILE
 from cnnlab.training.summary import collect_runs
 from cnnlab.viz import sweep
@@ -96,11 +101,19 @@ def write_report(folder: Path, out: Path) -> list[Path]:
     return [*written, out / "report.md", *figures]
 
 
+def default_out() -> Path:
+    """``outputs/report/<time>/``, next to the other commands' run folders."""
+    root = Path(os.environ.get("CNNLAB_ROOT", "."))
+    return root / "outputs" / "report" / time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point (``cnnlab-report``)."""
     parser = argparse.ArgumentParser(prog="cnnlab-report", description=__doc__.split("\n\n")[0])
     parser.add_argument("path", type=Path, help="a run, sweep or outputs/ folder")
-    parser.add_argument("--out", type=Path, help="where to write the report (default: PATH)")
+    parser.add_argument(
+        "--out", type=Path, help="where to write the report (default: outputs/report/<time>/)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.path.is_dir():
@@ -108,12 +121,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"cnnlab-report: {args.path} is not a folder; "
             "pass a run or sweep folder under outputs/."
         )
+    out = args.out or default_out()
     try:
-        written = write_report(args.path, args.out or args.path)
+        written = write_report(args.path, out)
     except ValueError as err:
         sys.exit(f"cnnlab-report: {err}")
+    except OSError as err:
+        if not (err.filename or err.filename2):  # a failed write() names no file: name the folder
+            err.filename = str(out)
+        message = user_message(err)
+        if message is None or verbose():
+            raise
+        sys.exit(f"cnnlab-report: {message}")
     print(f"cnnlab-report: wrote {', '.join(str(p) for p in written)}")
-    print((args.out or args.path).joinpath("report.md").read_text())
+    print(out.joinpath("report.md").read_text())
 
 
 if __name__ == "__main__":

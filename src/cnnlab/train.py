@@ -36,12 +36,14 @@ from cnnlab.training.ddp import isolated_job, use_job_subprocess_command
 from cnnlab.training.errors import user_errors_as_messages
 from cnnlab.training.module import ClassificationModule
 from cnnlab.training.results import format_metrics, write_metrics
+from cnnlab.training.validate import validate_config
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, Any], ClassificationModule, L.LightningDataModule]:
     """Fit, then test the best checkpoint; return the final metrics, module and data module."""
+    validate_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     log.info("Data: %s", cfg.data._target_)
     datamodule = build_datamodule(cfg)

@@ -20,6 +20,8 @@ from cnnlab.compare import environment
 from cnnlab.compare.runner import Setup, compare_layers, compare_training
 from cnnlab.compare.writer import write_report
 from cnnlab.paths import CONF_DIR
+from cnnlab.training.errors import user_message, verbose
+from cnnlab.training.validate import validate_config
 
 log = logging.getLogger(__name__)
 MODES = ("layers", "parity", "both")
@@ -29,6 +31,7 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
     """The whole comparison for one composed config; returns the report's path."""
     if cfg.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {cfg.mode!r}.")
+    validate_config(cfg, resume=False)  # the data/model keys it shares with training
     device = environment.resolve_device(cfg.device)
     dtype = environment.resolve_dtype(cfg.dtype)
     setup = Setup(device, dtype, environment.autocast_factory(device, dtype, cfg.precision))
@@ -75,6 +78,9 @@ def main(cfg: DictConfig) -> None:
     """Console entry point; configuration mistakes end in one readable line, not a traceback."""
     try:
         run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except ValueError as err:
-        log.error("cnnlab-compare: %s", err)
-        sys.exit(f"cnnlab-compare: {err}")
+    except Exception as err:
+        message = user_message(err) or (str(err) if isinstance(err, ValueError) else None)
+        if message is None or verbose():
+            raise
+        log.error("cnnlab-compare: %s", message)
+        sys.exit(f"cnnlab-compare: {message}")

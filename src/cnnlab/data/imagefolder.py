@@ -21,56 +21,112 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from cnnlab.data.archive import extract_once, is_archive
 from cnnlab.data.base import ImageClassificationDataModule, LoadedData, Split
+from cnnlab.data.download import DatasetNotFoundError
 from cnnlab.data.images import FileImages, ImageDecoder, decode_all
 
 log = logging.getLogger(__name__)
 
 LAYOUT = (
-    "expected layout:\n"
-    "  <root>/train/<class_name>/<image>.jpg   (any of "
+    "expected layout: <root>/train/<class_name>/<image> and <root>/test/<class_name>/<image> "
+    "(or val/; validation is carved from train when there is no val/), images being any of "
     + " ".join(IMG_EXTENSIONS)
-    + ")\n  <root>/test/<class_name>/<image>.jpg    (or val/; validation is carved from train "
-    "when there is no val/)\n"
-    "or a .tar.gz/.tgz/.zip archive of such a folder"
+    + ", or a .tar.gz/.tgz/.zip archive of such a folder"
 )
 _STATS_SAMPLE = 512  # images used to estimate mean/std: enough for 2 decimals, quick to decode
 _CACHE_VERSION = "2"  # bump when decoding changes, to invalidate old caches
+#: PIL modes that hold one channel; any other mode (RGB, RGBA, CMYK, P, ...) is read as colour
+GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+class ImageFolderError(ValueError):
+    """The folder tree would train the wrong thing (an empty class, a class only in test/)."""
 
 
 def _is_image(entry: os.DirEntry) -> bool:
     return entry.is_file() and entry.name.lower().endswith(IMG_EXTENSIONS)
 
 
+def _class_dirs(split_dir: Path) -> list[str]:
+    """Class folder names of a split; hidden folders (``.ipynb_checkpoints``) are not classes."""
+    return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _images(class_dir: Path) -> list[str]:
+    with os.scandir(class_dir) as entries:
+        return sorted(e.name for e in entries if _is_image(e))
+
+
 def _scan(split_dir: Path, class_names: Sequence[str]) -> tuple[list[Path], torch.Tensor]:
     """All image paths under ``split_dir/<class>/`` in a stable order, with their labels."""
     files: list[Path] = []
     labels: list[int] = []
-    unknown = sorted(
-        d.name for d in split_dir.iterdir() if d.is_dir() and d.name not in class_names
-    )
-    if unknown:
-        raise ValueError(
-            f"{split_dir} has class folders {unknown} that train/ does not have; every split must "
-            f"use the training classes {list(class_names)}"
-        )
+    _check_known_classes(split_dir, class_names)
     for label, name in enumerate(class_names):
         class_dir = split_dir / name
         if not class_dir.is_dir():
             continue
-        with os.scandir(class_dir) as entries:
-            names = sorted(e.name for e in entries if _is_image(e))
+        names = _images(class_dir)
         files.extend(class_dir / n for n in names)
         labels.extend([label] * len(names))
     if not files:
-        raise FileNotFoundError(f"no images found under {split_dir}; {LAYOUT}")
+        raise DatasetNotFoundError(f"no images found under {split_dir}; {LAYOUT}")
     return files, torch.tensor(labels, dtype=torch.int64)
+
+
+def _check_known_classes(split_dir: Path, class_names: Sequence[str]) -> None:
+    """A class that only a test/val split has would be scored but never trained: refuse it."""
+    unknown = [name for name in _class_dirs(split_dir) if name not in class_names]
+    if unknown:
+        raise ImageFolderError(
+            f"{split_dir} has class folder(s) {unknown} that train/ does not have; every split "
+            f"must use the training classes {list(class_names)}: add them to train/ or remove "
+            "them"
+        )
+
+
+def _check_no_empty_class(train_dir: Path, class_names: Sequence[str]) -> None:
+    """An empty class folder would add an output that no image ever trains: refuse it."""
+    for name in class_names:
+        with os.scandir(train_dir / name) as entries:
+            if not any(_is_image(e) for e in entries):
+                raise ImageFolderError(
+                    f"class folder {train_dir / name} holds no images ({' '.join(IMG_EXTENSIONS)}); "
+                    "an empty class would be a class the model can never learn: add images or "
+                    "remove the folder"
+                )
+
+
+def choose_channels(train_dir: Path, class_names: Sequence[str]) -> tuple[int, str]:
+    """1 when every training image is grayscale, else 3; and why, for the log.
+
+    Reads only image headers, and stops at the first colour image, so an RGB set costs one
+    header; an all-grayscale set reads every header once.
+    """
+    first_gray: Path | None = None
+    count = 0
+    for name in class_names:
+        for file in _images(train_dir / name):
+            path = train_dir / name / file
+            with Image.open(path) as image:
+                gray = image.mode in GRAYSCALE_MODES
+            if not gray:
+                if first_gray is None:
+                    return 3, f"{path} is in colour"
+                return 3, (
+                    f"{first_gray} is grayscale but {path} is in colour; grayscale images are "
+                    "repeated over 3 channels"
+                )
+            first_gray = first_gray or path
+            count += 1
+    return 1, f"all {count} training images are grayscale"
 
 
 class ImageFolderDataModule(ImageClassificationDataModule):
     """Image classification from a class-per-folder tree; metadata comes from the folders.
 
     ``image_size`` (int or [H, W]) resizes every image; otherwise all images must share the first
-    image's size. ``channels`` (1 or 3) defaults to the first image's (grayscale -> 1, else 3).
+    image's size. ``channels`` (1 or 3) defaults to 1 when every training image is grayscale and
+    3 when any is in colour (logged); an empty class folder or a class only in test/ is refused.
     ``mean``/``std`` default to estimates from a seeded sample of training images.
     """
 
@@ -88,19 +144,25 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         self.root = self._resolve_root(Path(root).expanduser())
         self.in_memory = in_memory
         self._mean, self._std = mean, std
-        self.class_names = sorted(d.name for d in (self.root / "train").iterdir() if d.is_dir())
+        train = self.root / "train"
+        self.class_names = _class_dirs(train)
         if not self.class_names:
-            raise FileNotFoundError(f"{self.root / 'train'} has no class folders; {LAYOUT}")
+            raise DatasetNotFoundError(f"{train} has no class folders; {LAYOUT}")
+        _check_no_empty_class(train, self.class_names)
+        for split in ("val", "test"):
+            if (self.root / split).is_dir():
+                _check_known_classes(self.root / split, self.class_names)
         self.num_classes = len(self.class_names)
-        first = self._first_image()
-        with Image.open(first) as image:
+        with Image.open(self._first_image()) as image:
             width, height = image.size
-            grayscale = image.mode in ("1", "L", "LA", "I", "I;16", "F")
         if channels not in (None, 1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
+            raise ImageFolderError(f"data.channels must be 1 or 3 (or null), got {channels!r}")
+        if channels is None:
+            channels, reason = choose_channels(train, self.class_names)
+            log.info("%s: %d input channel(s): %s", self.root, channels, reason)
         size = (image_size, image_size) if isinstance(image_size, int) else image_size
         size = tuple(size) if size is not None else None
-        self.decoder = ImageDecoder(channels or (1 if grayscale else 3), size)
+        self.decoder = ImageDecoder(channels, size)
         self.input_shape = (self.decoder.channels, *(size or (height, width)))
 
     def _resolve_root(self, root: Path) -> Path:
@@ -108,21 +170,22 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         root = root.resolve()
         if is_archive(root):
             if not root.is_file():
-                raise FileNotFoundError(f"archive {root} does not exist; {LAYOUT}")
+                raise DatasetNotFoundError(f"archive {root} does not exist; {LAYOUT}")
             root = extract_once(root, self.data_dir)
         if not (root / "train").is_dir():
-            raise FileNotFoundError(f"no image folder dataset at {root} (missing train/); {LAYOUT}")
+            raise DatasetNotFoundError(
+                f"no image folder dataset at {root} (missing train/); {LAYOUT}"
+            )
         if not ((root / "test").is_dir() or (root / "val").is_dir()):
-            raise FileNotFoundError(f"{root} has train/ but neither test/ nor val/; {LAYOUT}")
+            raise DatasetNotFoundError(f"{root} has train/ but neither test/ nor val/; {LAYOUT}")
         return root
 
     def _first_image(self) -> Path:
         for name in self.class_names:
-            with os.scandir(self.root / "train" / name) as entries:
-                images = sorted(e.name for e in entries if _is_image(e))
+            images = _images(self.root / "train" / name)
             if images:
                 return self.root / "train" / name / images[0]
-        raise FileNotFoundError(f"no images under {self.root / 'train'}; {LAYOUT}")
+        raise DatasetNotFoundError(f"no images under {self.root / 'train'}; {LAYOUT}")
 
     # -- normalisation ------------------------------------------------------------------------
     @cached_property

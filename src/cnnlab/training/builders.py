@@ -6,6 +6,8 @@ A run is fully described by its resolved config, so the same functions rebuild i
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,11 @@ from torch import nn
 
 from cnnlab.layers import IMPLS
 from cnnlab.training.compile import compile_options
+from cnnlab.training.errors import UserError
 from cnnlab.training.module import ClassificationModule, is_full_batch
+from cnnlab.training.safe_config import check_config
 from cnnlab.training.sync_batchnorm import sync_batchnorm_options
+from cnnlab.training.validate import validate_config
 
 
 def plain(config: Any) -> Any:
@@ -120,6 +125,14 @@ def build_trainer(
 
 
 # -- rebuilding a finished run ------------------------------------------------------------------
+class CheckpointError(UserError):
+    """A checkpoint path that is missing, unreadable, or does not fit the model it describes."""
+
+
+def is_url(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """A ``.ckpt`` file as given, or a run folder's ``checkpoints/best.ckpt`` (else ``last.ckpt``)."""
     path = Path(path).expanduser()
@@ -128,22 +141,114 @@ def find_checkpoint(path: str | Path) -> Path:
     for name in ("best.ckpt", "last.ckpt"):
         if (path / "checkpoints" / name).is_file():
             return path / "checkpoints" / name
-    raise FileNotFoundError(
-        f"No checkpoint at {path}: pass a .ckpt file or a run folder that holds "
+    what = "is a folder without checkpoints/" if path.is_dir() else "does not exist"
+    raise CheckpointError(
+        f"no checkpoint at {path} ({what}): pass a .ckpt file or a run folder that holds "
         "checkpoints/best.ckpt or checkpoints/last.ckpt (written by cnnlab-train)."
     )
 
 
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a file or URL, as a :class:`CheckpointError` when the
+    file is missing, a folder, empty, truncated, not a checkpoint or holds pickled code."""
+    if is_url(path):
+        from lightning.fabric.utilities.cloud_io import _load  # what Trainer.fit itself uses
+
+        loader, name = (lambda: _load(str(path), map_location="cpu", weights_only=True)), str(path)
+    else:
+        file = Path(path).expanduser()
+        if file.is_dir():
+            last = file / "checkpoints" / "last.ckpt"
+            example = last if last.is_file() else "outputs/train/runs/<time>/checkpoints/last.ckpt"
+            raise CheckpointError(
+                f"checkpoint {file} is a folder: pass a .ckpt file, e.g. {example}."
+            )
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {file} does not exist: pass a .ckpt file.")
+        if file.stat().st_size == 0:
+            raise CheckpointError(f"checkpoint {file} is empty (0 bytes): pass another .ckpt file.")
+        if not zipfile.is_zipfile(file):  # torch.save has written zip files since torch 1.6
+            raise CheckpointError(
+                f"cannot load checkpoint {file}: it is truncated or not a PyTorch checkpoint (no "
+                "zip directory at its end); copy it again or pass another .ckpt file."
+            )
+        loader, name = (lambda: torch.load(file, map_location="cpu", weights_only=True)), str(file)
+    try:
+        checkpoint = loader()
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            why = (
+                "it holds pickled Python objects beyond tensors and plain data, and cnnlab "
+                "loads checkpoints with weights_only=True only"
+            )
+        else:
+            why = f"it is not a PyTorch checkpoint ({first_line(err)})"
+        raise CheckpointError(f"cannot load checkpoint {name}: {why}.") from err
+    except OSError as err:  # permissions, a network error for a URL, ...
+        raise CheckpointError(f"cannot read checkpoint {name}: {first_line(err)}.") from err
+    except (RuntimeError, EOFError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"cannot load checkpoint {name}: it is truncated or not a PyTorch checkpoint "
+            f"({type(err).__name__}: {first_line(err)})."
+        ) from err
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"{name} is not a Lightning checkpoint (no 'state_dict'): pass a .ckpt file "
+            "written by cnnlab-train."
+        )
+    return checkpoint
+
+
+def first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:200]
+
+
 def load_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, Any]]:
-    """The run config stored in a cnnlab checkpoint, and the checkpoint itself."""
+    """The run config stored in a cnnlab checkpoint, and the checkpoint itself.
+
+    The config is checked against :mod:`cnnlab.training.safe_config` before it becomes a
+    ``DictConfig``, so nothing it names can be built unless it is on the allow-list.
+    """
     ckpt_file = find_checkpoint(path)
-    checkpoint = torch.load(ckpt_file, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(ckpt_file)
     if "cnnlab_config" not in checkpoint:
-        raise ValueError(
+        raise CheckpointError(
             f"{ckpt_file} has no 'cnnlab_config': it was not written by cnnlab-train, so its "
             "run cannot be rebuilt. Train it with cnnlab-train or load its weights by hand."
         )
-    return OmegaConf.create(checkpoint["cnnlab_config"]), checkpoint
+    config = checkpoint["cnnlab_config"]
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{ckpt_file}: 'cnnlab_config' is not a mapping.")
+    check_config(config, str(ckpt_file))
+    return OmegaConf.create(config), checkpoint
+
+
+def load_weights(module: nn.Module, state_dict: dict[str, Any], source: str | Path) -> None:
+    """``module.load_state_dict`` that says in one line which keys or shapes do not fit."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    reshaped = [
+        f"{k} {list(state_dict[k].shape)} vs {list(v.shape)}"
+        for k, v in own.items()
+        if k in state_dict and hasattr(state_dict[k], "shape") and state_dict[k].shape != v.shape
+    ]
+    if missing or unexpected or reshaped:
+        parts = [
+            f"{len(found)} {label} ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''})"
+            for label, found in (
+                ("missing key(s)", missing),
+                ("unexpected key(s)", unexpected),
+                ("shape mismatch(es), checkpoint vs model:", reshaped),
+            )
+            if found
+        ]
+        raise CheckpointError(
+            f"checkpoint {source} does not fit the model its config describes: "
+            f"{'; '.join(parts)}. Evaluate it with the model it was trained with (drop model.* "
+            "overrides)."
+        )
+    module.load_state_dict(state_dict)
 
 
 def load_run(
@@ -151,8 +256,9 @@ def load_run(
 ) -> tuple[DictConfig, ClassificationModule, L.LightningDataModule]:
     """Rebuild a trained run (config, module with its weights, data module) from its folder."""
     cfg, checkpoint = load_checkpoint(path)
+    validate_config(cfg, resume=False)  # its ckpt_path is history, not something to read
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
-    module.load_state_dict(checkpoint["state_dict"])
+    load_weights(module, checkpoint["state_dict"], find_checkpoint(path))
     module.eval()
     return cfg, module, datamodule

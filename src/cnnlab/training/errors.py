@@ -1,30 +1,103 @@
-"""Errors a user can fix end a command with their message, not a traceback through Lightning.
+"""Errors a user can fix end a command with one line on stderr and exit status 1.
 
-A missing dataset, an unreadable image or a diverged loss already carry a message that says what
-to do; the stack through Lightning's data and fit loops adds nothing to it. Anything else is a
-bug and keeps its full traceback.
+A bad config value, a missing dataset, an unreadable checkpoint or a full disk already carry a
+message that says what to do; the stack through Hydra and Lightning adds nothing to it. Anything
+else is a bug and keeps its full traceback. ``HYDRA_FULL_ERROR=1`` (or ``CNNLAB_VERBOSE=1``)
+shows the traceback of user errors too.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
 from cnnlab.data import DatasetNotFoundError, ImageDecodeError
+from cnnlab.data.archive import ArchiveError
+from cnnlab.data.imagefolder import ImageFolderError
 from cnnlab.training.callbacks import NonFiniteLossError
 
-USER_ERRORS = (DatasetNotFoundError, ImageDecodeError, NonFiniteLossError)
+
+class UserError(Exception):
+    """Something the user can fix (config, input files, environment); the message says how."""
+
+
+#: OSErrors that are about the machine, not the code: the disk is full, read-only or not ours
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+USER_ERRORS = (
+    UserError,
+    DatasetNotFoundError,
+    ImageDecodeError,
+    ImageFolderError,
+    ArchiveError,
+    NonFiniteLossError,
+    MisconfigurationException,  # Lightning's own "this trainer setting cannot work"
+)
+
+
+def _output_dir() -> str | None:
+    """This job's run folder, to say where a write failed when the OSError names no file."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None
+    except Exception:  # no Hydra job (library use, tests): nothing to add
+        return None
+
+
+def environment_message(err: OSError) -> str:
+    """One line for a full, read-only or forbidden disk, naming the path where known."""
+    path = err.filename or err.filename2
+    where = f"writing {path}" if path else f"writing under {_output_dir() or 'the run folder'}"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some disk space, or write elsewhere (hydra.run.dir=..., CNNLAB_ROOT=...)"
+    else:
+        fix = "check the permissions, or write elsewhere (hydra.run.dir=..., CNNLAB_ROOT=...)"
+    return f"{err.strerror or os.strerror(err.errno)} while {where}: {fix}."
+
+
+def user_message(err: BaseException) -> str | None:
+    """The one-line message for ``err`` if a user can fix it, else None (a bug).
+
+    Hydra wraps what a ``_target_``'s constructor raises in ``InstantiationException``; the
+    original error is its ``__cause__``.
+    """
+    from hydra.errors import InstantiationException
+
+    while isinstance(err, InstantiationException) and err.__cause__ is not None:
+        err = err.__cause__
+    if isinstance(err, USER_ERRORS):
+        text = str(err)
+    elif isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
+        text = environment_message(err)
+    else:
+        return None
+    return " ".join(text.split())  # one line, whatever the message's own layout
+
+
+def verbose() -> bool:
+    return any(
+        os.environ.get(name, "") not in ("", "0") for name in ("HYDRA_FULL_ERROR", "CNNLAB_VERBOSE")
+    )
 
 
 @contextmanager
 def user_errors_as_messages() -> Iterator[None]:
-    """Print a :data:`USER_ERRORS` exception's message to stderr and exit with status 1.
+    """Print a user error's message to stderr as one line and exit with status 1.
 
-    The run's ``metrics.json`` has already recorded the error by then.
+    The run's ``metrics.json`` has already recorded the error by then. Bugs propagate.
     """
     try:
         yield
-    except USER_ERRORS as err:
-        print(f"Error: {err}", file=sys.stderr)
+    except Exception as err:
+        message = user_message(err)
+        if message is None or verbose():
+            raise
+        print(f"Error: {message}", file=sys.stderr)
         raise SystemExit(1) from None

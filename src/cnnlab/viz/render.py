@@ -91,17 +91,21 @@ def render_run(
     cfg_viz: Mapping[str, Any],
     module: nn.Module | None = None,
     datamodule: Any = None,
+    out_dir: str | Path | None = None,
 ) -> list[Path]:
     """Draw the plots switched on in ``cfg_viz`` (the ``viz`` config group); returns the files.
 
     ``module`` (a ``ClassificationModule``, network at ``.model``) and ``datamodule`` are passed
     by the trainer at the end of a run; from the CLI they are rebuilt from the run folder.
+    ``out_dir`` (cnnlab-viz) puts the plots elsewhere and leaves the run folder, its
+    TensorBoard log included, untouched; by default they go to ``<run>/viz``.
     """
     run_dir = Path(run_dir)
     if not cfg_viz.get("enabled", True):
         log.info("viz: disabled (viz.enabled=false)")
         return []
-    out = run_dir / "viz"
+    out = run_dir / "viz" if out_dir is None else Path(out_dir)
+    mirror = tensorboard.add_images if out_dir is None else lambda *_: False
     wanted = {name for name in PLOTS if cfg_viz.get(name, True)}
     count = int(cfg_viz.get("num_images", 8))
     written: list[Path] = []
@@ -110,7 +114,7 @@ def render_run(
         figure = out / "training_curves.png"
         written += _attempt("curves", lambda: curves.plot_training_curves(csv_path, figure))
     if not wanted - {"curves"}:
-        tensorboard.add_images(run_dir, written)
+        mirror(run_dir, written)
         return written
 
     if module is None or datamodule is None:
@@ -125,5 +129,5 @@ def render_run(
         written += _attempt("filters", lambda: convs.plot_first_filters(model, out / "filters.png"))
     if wanted & {"feature_maps", "saliency", "gradcam"}:
         written += _image_plots(wanted, model, datamodule, count, out)
-    tensorboard.add_images(run_dir, written)
+    mirror(run_dir, written)
     return written
