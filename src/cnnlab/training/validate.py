@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cnnlab.layers import IMPLS
+from cnnlab.training.compile import compile_options
 from cnnlab.training.errors import UserError
 
 _UNSET = object()
@@ -162,5 +163,9 @@ def validate_config(cfg: DictConfig, resume: bool = True) -> None:
     """
     check_missing(cfg)
     check_values(cfg)
+    try:
+        compile_options(cfg.get("compile"))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if resume:
         check_resume(cfg)
