@@ -75,7 +75,8 @@ def test_drop_in_for_torch_nn(bias: bool) -> None:
 
 def test_wrong_feature_count_names_the_layer() -> None:
     with pytest.raises(
-        ValueError, match=r"Linear\(in_features=2048, out_features=512, bias=True\) expected .*2048"
+        ValueError,
+        match=r"Linear\(in_features=2048, out_features=512, bias=True\): linear expected .*2048",
     ):
         L.Linear(2048, 512)(torch.randn(4, 128, 4, 4))
 

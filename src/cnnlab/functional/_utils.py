@@ -108,8 +108,9 @@ def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
 def errors_named_after(layer: torch.nn.Module) -> Iterator[None]:
     """Prefix argument errors raised inside a layer's forward with the layer's repr.
 
-    The functional ops only know their own name; in a deep model the user needs to know *which*
-    layer received the bad input, and its repr shows the configuration to fix.
+    The one way every hand-written layer names itself in errors. The functional ops only know
+    their own name; in a deep model the user needs to know *which* layer received the bad
+    input, and its repr shows the configuration to fix.
     """
     try:
         yield

@@ -245,14 +245,13 @@ def conv2d(
     padding: str | IntOrPair = 0,
     dilation: IntOrPair = 1,
     groups: int = 1,
-    *,
-    name: str = "conv2d",
 ) -> torch.Tensor:
     """Drop-in for ``torch.nn.functional.conv2d`` (batched or unbatched input).
 
-    ``name`` is how errors refer to the caller, so a layer can report itself, e.g.
-    ``Conv2d(3, 16, kernel_size=(3, 3), ...) expected input with 3 channels, got 5``.
+    Errors name the op; a layer prefixes its own repr (``errors_named_after``), e.g.
+    ``Conv2d(3, 16, kernel_size=(3, 3), stride=(1, 1)): conv2d expected input with 3 channels``.
     """
+    name = "conv2d"
     _check_tensors(input, weight, bias, groups, name)
     check_same_device(name, input, weight=weight, bias=bias)
     stride = _positive_pair(stride, "stride", name)

@@ -65,10 +65,9 @@ def linear(
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
-    *,
-    name: str = "linear",
 ) -> torch.Tensor:
-    """Drop-in for ``torch.nn.functional.linear``; ``name`` is how errors refer to the caller."""
+    """Drop-in for ``torch.nn.functional.linear``; a layer prefixes errors with its repr."""
+    name = "linear"
     if weight.dim() != 2:
         raise ValueError(f"{name} expected a 2-D weight (out, in), got shape {tuple(weight.shape)}")
     out_features, in_features = weight.shape

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnlab.functional._utils import errors_named_after
 from cnnlab.functional.conv import conv2d
 
 
@@ -18,23 +19,16 @@ class Conv2d(nn.Conv2d):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        name = f"{type(self).__name__}({self.extra_repr()})"
-        padding = self.padding
-        if self.padding_mode != "zeros":
-            if input.dim() not in (3, 4):
-                raise ValueError(
-                    f"{name} expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, "
-                    f"got shape {tuple(input.shape)}"
-                )
-            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            padding = 0
-        return conv2d(
-            input,
-            self.weight,
-            self.bias,
-            self.stride,
-            padding,
-            self.dilation,
-            self.groups,
-            name=name,
-        )
+        with errors_named_after(self):
+            padding = self.padding
+            if self.padding_mode != "zeros":
+                if input.dim() not in (3, 4):
+                    raise ValueError(
+                        "conv2d expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, "
+                        f"got shape {tuple(input.shape)}"
+                    )
+                pad = self._reversed_padding_repeated_twice
+                input, padding = F.pad(input, pad, mode=self.padding_mode), 0
+            return conv2d(
+                input, self.weight, self.bias, self.stride, padding, self.dilation, self.groups
+            )

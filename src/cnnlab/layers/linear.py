@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from cnnlab.functional._utils import errors_named_after
 from cnnlab.functional.linear import linear
 
 
@@ -13,6 +14,5 @@ class Linear(nn.Linear):
     computation differs, so weights load across in both directions."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return linear(
-            input, self.weight, self.bias, name=f"{type(self).__name__}({self.extra_repr()})"
-        )
+        with errors_named_after(self):
+            return linear(input, self.weight, self.bias)
