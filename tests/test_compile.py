@@ -66,10 +66,14 @@ def _run_steps(
 
 
 def _cases():
+    """Every mode for the small models; for the deep ones (a minute or two each) the two that
+    between them trace every op: train in fp32 and eval under bf16."""
     for name in MODEL_KWARGS:
         marks = () if name in FAST else (pytest.mark.slow,)
         for train in (True, False):
             for bf16 in (False, True):
+                if name not in FAST and train == bf16:
+                    continue
                 mode = f"{'train' if train else 'eval'}-{'bf16' if bf16 else 'fp32'}"
                 yield pytest.param(name, train, bf16, id=f"{name}-{mode}", marks=marks)
 
@@ -99,7 +103,7 @@ def test_model_compiles_as_one_graph_without_recompiles_and_matches_eager(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["seed_cnn", "lenet5", "resnet"])
+@pytest.mark.parametrize("name", ["seed_cnn", "lenet5"])
 def test_inductor_compiled_step_matches_eager(name: str) -> None:
     torch._dynamo.reset()
     torch.manual_seed(0)
