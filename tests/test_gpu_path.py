@@ -166,3 +166,19 @@ def test_nan_windows_pick_the_builtin_element_on_the_sync_free_branch(monkeypatc
     torch.testing.assert_close(got, expected, equal_nan=True)
     assert torch.equal(got_idx, expected_idx)
     torch.testing.assert_close(got_grad, expected_grad)
+
+
+@pytest.mark.parametrize("impl", ["custom", "builtin"])
+def test_lightning_training_step_has_no_host_sync(impl, monkeypatch) -> None:
+    """The module's step (model, loss, metric updates) reads nothing back; Lightning's logging
+    reads the logged values once per ``log_every_n_steps``, outside the step."""
+    from cnnlab.training.losses import CrossEntropy
+    from cnnlab.training.module import ClassificationModule
+
+    model = MODELS["seed_cnn"](impl=impl, in_shape=(3, 32, 32))
+    module = ClassificationModule(model, CrossEntropy(impl), 10, {"_target_": "torch.optim.Adam"})
+    monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)  # no trainer attached
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    with as_on_a_gpu(monkeypatch), HostSyncs() as syncs:
+        module.training_step((x, y), 0).backward()
+    assert syncs.lines == [], f"host syncs at {syncs.lines}"

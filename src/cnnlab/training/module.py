@@ -72,7 +72,11 @@ class ClassificationModule(L.LightningModule):
             return MulticlassAccuracy(num_classes=num_classes, average="micro")
 
         # weighted by batch size, so epoch losses are per-image means whatever the batch size
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        # The per-step training metrics skip their host-side value checks (a NaN test, a label
+        # range test): each is a device sync per step. A non-finite loss is caught by
+        # StopOnNonFiniteLoss; labels come from the data module.
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.train_acc, self.val_acc = accuracy(), accuracy()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run keeps its best
@@ -146,7 +150,8 @@ class ClassificationModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
         logits, _, loss = self.logits_and_loss(images, labels)
-        self.train_loss(loss.detach(), weight=len(labels))
+        # the weight made on the device: a Python number would be copied there each step
+        self.train_loss(loss.detach(), weight=torch.full_like(loss.detach(), len(labels)))
         self.train_acc(logits.argmax(dim=1), labels)
         self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
