@@ -20,10 +20,12 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from cnnlab.paths import CONF_DIR
+from cnnlab.training.atomic import AtomicCheckpointIO
 from cnnlab.training.builders import (
     build_callbacks,
     build_datamodule,
@@ -48,17 +50,28 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], ClassificationModule, L.Ligh
     log.info("Model: %s (impl=%s)", cfg.model._target_, cfg.model.impl)
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg, datamodule, build_callbacks(cfg), build_loggers(cfg))
+    trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # weights_only also for URLs, where Lightning would default to unpickling anything
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    best_checkpoint = monitored_checkpoint(trainer)
+    best_score = best_checkpoint.best_model_score if best_checkpoint else None
+    if best_score is not None and best_checkpoint.monitor == "val/acc":
+        metrics["val/acc_best"] = float(best_score)  # the score of the weights best.ckpt holds
 
     if cfg.get("test"):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = best_checkpoint.best_model_path if best_checkpoint else ""
         if not best:
             log.warning("No best checkpoint (e.g. fast_dev_run): testing the current weights.")
         (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(test_metrics)
     return metrics, module, datamodule
+
+
+def monitored_checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:
+    """The ``ModelCheckpoint`` that keeps ``best.ckpt`` (the one with a ``monitor``)."""
+    return next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)
 
 
 def render_plots(cfg: DictConfig, module: ClassificationModule, datamodule: Any) -> None:
