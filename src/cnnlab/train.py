@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -25,7 +27,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from cnnlab.paths import CONF_DIR
-from cnnlab.training.atomic import AtomicCheckpointIO
+from cnnlab.training.atomic import AtomicCheckpointIO, WriteError
 from cnnlab.training.builders import (
     build_callbacks,
     build_datamodule,
@@ -38,6 +40,7 @@ from cnnlab.training.ddp import isolated_job, use_job_subprocess_command
 from cnnlab.training.errors import user_errors_as_messages
 from cnnlab.training.module import ClassificationModule
 from cnnlab.training.results import format_metrics, write_metrics
+from cnnlab.training.resume import continue_logs, resolve_checkpoint, resume_argv, run_folder_of
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +52,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], ClassificationModule, L.Ligh
     datamodule = build_datamodule(cfg)
     log.info("Model: %s (impl=%s)", cfg.model._target_, cfg.model.impl)
     module = build_module(cfg, datamodule)
-    trainer = build_trainer(cfg, datamodule, build_callbacks(cfg), build_loggers(cfg))
+    loggers = build_loggers(cfg)
+    ckpt_path = resolve_checkpoint(str(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
+    if ckpt_path and run_folder_of(ckpt_path) == Path(cfg.paths.output_dir).resolve():
+        continue_logs(loggers, ckpt_path)  # the same run, continued in its own folder
+    trainer = build_trainer(cfg, datamodule, build_callbacks(cfg), loggers)
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
     # weights_only also for URLs, where Lightning would default to unpickling anything
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     best_checkpoint = monitored_checkpoint(trainer)
     best_score = best_checkpoint.best_model_score if best_checkpoint else None
@@ -103,8 +110,12 @@ def run(cfg: DictConfig) -> float:
     def record(
         status: str, metrics: dict[str, Any], error: str | None = None, **extra: Any
     ) -> None:
-        if rank_zero_only.rank == 0:
-            wall_time_s = time.perf_counter() - started
+        if cfg.get("ckpt_path"):
+            extra.setdefault("resumed_from", str(cfg.ckpt_path))
+        if rank_zero_only.rank != 0:
+            return
+        wall_time_s = time.perf_counter() - started
+        try:
             write_metrics(
                 run_dir,
                 cfg,
@@ -114,6 +125,10 @@ def run(cfg: DictConfig) -> float:
                 wall_time_s=wall_time_s,
                 **extra,
             )
+        except WriteError as err:
+            if status == "ok":
+                raise
+            log.error("%s", err)  # the run's own error is the one to report
 
     with isolated_job():
         try:
@@ -138,10 +153,16 @@ def run(cfg: DictConfig) -> float:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float:
     use_job_subprocess_command("cnnlab.train")
     with user_errors_as_messages():
         return run(cfg)
+
+
+def main() -> None:
+    """``cnnlab-train``; ``ckpt_path=<run>/checkpoints/last.ckpt`` continues that run in place."""
+    sys.argv[1:] = resume_argv(sys.argv[1:])
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -32,6 +32,12 @@ class WriteError(OSError):
         self.path = Path(path)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``path``; on a clean exit it replaces ``path`` atomically.
@@ -42,6 +48,7 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from others
     except OSError as err:
         raise WriteError(path, err) from err
     try:
@@ -70,6 +77,40 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     return Path(path)
 
 
+class _WriteRecorder:
+    """A binary file for ``torch.save`` that remembers the ``OSError`` a write raised:
+    ``torch.save`` turns it into a ``RuntimeError`` that no longer says "disk full"."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def save_torch(path: str | Path, obj: Any) -> Path:
+    """``torch.save(obj)`` into ``path`` atomically; a failed write is a :class:`WriteError`."""
+
+    def write(f: IO[bytes]) -> None:
+        recorder = _WriteRecorder(f)
+        try:
+            torch.save(obj, recorder)
+        except RuntimeError as err:
+            if recorder.error is not None:
+                raise WriteError(path, recorder.error) from err
+            raise
+
+    return atomic_write(path, write)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint writer that saves every ``.ckpt`` through :func:`atomic_open`.
 
@@ -82,4 +123,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        atomic_write(path, lambda f: torch.save(checkpoint, f))
+        save_torch(path, checkpoint)

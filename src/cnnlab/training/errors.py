@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from cnnlab.data import DatasetNotFoundError, ImageDecodeError
+from cnnlab.training.atomic import WriteError
 from cnnlab.training.callbacks import NonFiniteLossError
 
-USER_ERRORS = (DatasetNotFoundError, ImageDecodeError, NonFiniteLossError)
+USER_ERRORS = (DatasetNotFoundError, ImageDecodeError, NonFiniteLossError, WriteError)
 
 
 @contextmanager
