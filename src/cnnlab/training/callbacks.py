@@ -230,11 +230,8 @@ class ExactResume(Callback):
     back as soon as Lightning restores the callbacks: the next thing that draws from them is the
     train loader's iterator, which a resumed Lightning 2.6 run creates once in
     ``FitLoop.setup_data`` and reuses for its first epoch (the sanity check in between runs
-    under ``isolate_rng``).
-
-    It also steps the epoch-interval LR schedulers once when Lightning resumes on an epoch end:
-    the ``last.ckpt`` of an epoch is written in ``on_train_epoch_end``, before that epoch's
-    ``scheduler.step()``, and Lightning 2.6 skips that step while it is restarting.
+    under ``isolate_rng``). Everything else (weights, optimizer and scheduler states, loop
+    progress, callback states) is in Lightning's own checkpoint.
     """
 
     def state_dict(self) -> dict[str, Any]:
@@ -243,8 +240,3 @@ class ExactResume(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "rng" in state_dict:
             restore_rng_states(state_dict["rng"])
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        fit_loop = trainer.fit_loop
-        if fit_loop.restarting and fit_loop.restarted_on_epoch_end:
-            fit_loop.epoch_loop.update_lr_schedulers("epoch", update_plateau_schedulers=False)

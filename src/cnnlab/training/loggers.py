@@ -40,8 +40,9 @@ def read_rows_before(path: Path, step: int) -> tuple[list[str], list[dict[str, s
         rows = []
         for row in reader:
             value = _step(row)
-            if value is None or None in row or value >= step:
-                continue  # unparsable, too many fields (torn write) or after the checkpoint
+            torn = None in row or None in row.values()  # too many or too few fields
+            if value is None or torn or value >= step:
+                continue  # a torn last line of a killed run, or logged after the checkpoint
             rows.append(row)
     return header, rows
 

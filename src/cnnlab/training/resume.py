@@ -50,13 +50,12 @@ def resolve_checkpoint(ckpt_path: str) -> str:
 
 
 def run_folder_of(checkpoint: str) -> Path | None:
-    """The run folder that ``checkpoint`` is the ``last.ckpt`` of, else None (a fork)."""
+    """The folder that ``checkpoint`` is the ``checkpoints/last.ckpt`` of, else None."""
     if is_url(checkpoint):
         return None
     path = Path(checkpoint).expanduser().resolve()
-    run = path.parent.parent
-    if path.name == LAST and path.parent.name == "checkpoints" and (run / ".hydra").is_dir():
-        return run
+    if path.name == LAST and path.parent.name == "checkpoints":
+        return path.parent.parent
     return None
 
 
