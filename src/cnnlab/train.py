@@ -4,6 +4,7 @@
     cnnlab-train model.impl=builtin optimizer=sgd
     cnnlab-train -m model.impl=custom,builtin optimizer=sgd,adam
     cnnlab-train trainer=ddp_cpu
+    cnnlab-train ckpt_path=outputs/train/runs/<time> trainer.max_epochs=20   # continue that run
 
 Every run, even a failed, diverged or interrupted one, leaves ``metrics.json`` in its folder;
 inside a ``-m`` sweep a failing job is recorded and the sweep goes on.
@@ -15,6 +16,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +56,19 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], ClassificationModule, L.Ligh
     module = build_module(cfg, datamodule)
     loggers = build_loggers(cfg)
     ckpt_path = resolve_checkpoint(str(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
-    if ckpt_path and run_folder_of(ckpt_path) == Path(cfg.paths.output_dir).resolve():
-        continue_logs(loggers, ckpt_path)  # the same run, continued in its own folder
+    continuing = (
+        bool(ckpt_path) and run_folder_of(ckpt_path) == Path(cfg.paths.output_dir).resolve()
+    )
+    if continuing:  # the same run, continued in its own folder
+        continue_logs(loggers, ckpt_path)
     trainer = build_trainer(cfg, datamodule, build_callbacks(cfg), loggers)
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
-    # weights_only also for URLs, where Lightning would default to unpickling anything
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    with warnings.catch_warnings():
+        if continuing:  # of course it is not empty: it holds the run being continued
+            warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty")
+        # weights_only also for URLs, where Lightning would default to unpickling anything
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     best_checkpoint = monitored_checkpoint(trainer)
     best_score = best_checkpoint.best_model_score if best_checkpoint else None
