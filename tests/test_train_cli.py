@@ -227,8 +227,9 @@ def test_resume_continues_the_same_run_folder(run_cli, tmp_path: Path) -> None:
 def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(run_cli, tmp_path) -> None:
     """After ``kill -9`` last.ckpt is the last finished epoch (never a torn file), and resuming
     from it ends bit-identical to a run that was never stopped."""
-    slow_epochs = ("model.impl=builtin", "data.batch_size=8", "trainer.max_epochs=4")
-    slow_epochs += ("trainer.limit_val_batches=4", "viz.enabled=false")
+    slow_epochs = ("model.impl=builtin", *SMALL, "data.batch_size=8", "trainer.max_epochs=5")
+    slow_epochs += ("trainer.limit_train_batches=100", "trainer.limit_val_batches=4")
+    slow_epochs += ("trainer.limit_test_batches=4", "viz.enabled=false")
     straight = run_cli("cnnlab.train", *slow_epochs, "hydra.run.dir=outputs/straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
 
@@ -246,7 +247,7 @@ def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(run_cli, tmp_p
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     killed_at = torch.load(last, weights_only=True)  # loadable: written atomically
-    assert killed_at["epoch"] < 3, "the run finished before it could be killed"
+    assert killed_at["epoch"] < 4, "the run finished before it could be killed"
 
     resumed = run_cli("cnnlab.train", f"ckpt_path={last}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -260,7 +261,7 @@ def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(run_cli, tmp_p
         _metrics(tmp_path / "outputs" / name) for name in ("straight", "killed")
     )
     assert {k: resumed_record[k] for k in keys} == {k: straight_record[k] for k in keys}
-    assert _csv_epochs(tmp_path / "outputs" / "killed", "val/acc") == [0, 1, 2, 3]
+    assert _csv_epochs(tmp_path / "outputs" / "killed", "val/acc") == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.slow
