@@ -1,7 +1,8 @@
 # cnnlab -- every target creates the virtual environment on first use.
 #   make train                      train the article's CNN (custom layers) on the offline digits set
 #   make train ARGS="model=resnet model.impl=builtin trainer.max_epochs=3"
-#   make test / make test-full      fast suite / everything incl. slow CLI, DDP and sweep tests
+#   make test                       the whole suite, slow CLI/resume/DDP/sweep tests included (what CI runs)
+#   make test-fast                  the quick subset for development (-m "not slow")
 #   make gpu-check                  on a CUDA machine: gpu tests, GPU benchmarks, the article's
 #                                   experiment (5 seeds per impl), figures written into docs/
 PYTHON ?= python3
@@ -11,7 +12,7 @@ STAMP  := $(VENV)/.cnnlab-installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train eval bench bench-step gpu-check test test-full lint format clean
+.PHONY: install train eval bench bench-step gpu-check test test-fast test-full lint format clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,10 +37,12 @@ gpu-check: install
 	$(BIN)/python -m cnnlab.bench.gpu_check $(ARGS)
 
 test: install
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
 
-test-full: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-full: test  # the old name of `make test`
 
 lint: install
 	$(BIN)/ruff check src tests

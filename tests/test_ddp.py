@@ -5,6 +5,7 @@ the twin of the model's layer family; data workers shared among the processes of
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from cnnlab.training.sync_batchnorm import SyncBatchNormPlugin, sync_batchnorm_o
 
 TESTS_DIR = Path(__file__).parent
 
+#: cross-entropy of a uniform guess over the 10 digit classes
+LOG_10 = math.log(10)
+
 QUICK = (
     "trainer=ddp_cpu",
     "model.impl=builtin",
@@ -36,7 +40,7 @@ def _files(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
-def _assert_one_clean_run(run_dir: Path) -> None:
+def _assert_one_clean_run(run_dir: Path, learns: bool = True) -> None:
     files = _files(run_dir)
     assert files.count("metrics.json") == 1 and "train.log" in files
     assert not [f for f in files if f.endswith(".log") and f != "train.log"], files
@@ -48,7 +52,8 @@ def _assert_one_clean_run(run_dir: Path) -> None:
     assert {"checkpoints/best.ckpt", "checkpoints/last.ckpt", "csv/metrics.csv"} <= set(files)
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["status"] == "ok", record["error"]
-    assert 0.0 <= record["test/acc"] <= 1.0
+    if learns:  # below a uniform guess: the two ranks trained the model together
+        assert record["test/loss"] < LOG_10, record
 
 
 @pytest.mark.slow
@@ -70,8 +75,8 @@ def test_ddp_inside_a_sweep(run_cli, tmp_path: Path) -> None:
     assert [p.name for p in outputs.iterdir()] == ["multiruns"]  # no stray single-run folders
     (sweep,) = (outputs / "multiruns").iterdir()
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
-    for job in ("0", "1"):
-        _assert_one_clean_run(sweep / job)
+    for job in ("0", "1"):  # plain SGD (job 0) barely moves in 6 steps; Adam (job 1) learns
+        _assert_one_clean_run(sweep / job, learns=job == "1")
     summary = (sweep / "summary.csv").read_text().splitlines()
     assert len(summary) == 3 and all(",ok," in row for row in summary[1:])
 

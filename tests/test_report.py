@@ -51,7 +51,9 @@ def test_report_has_a_row_per_job_and_figures(sweep_dir: Path, tmp_path: Path, c
     rows = read_csv(tmp_path / "report.csv")
     assert [r["job"] for r in rows] == ["0", "1"]
     assert [r["impl"] for r in rows] == ["custom", "builtin"]
-    assert all(r["status"] == "ok" and 0 <= float(r["test/acc"]) <= 1 for r in rows)
+    assert all(r["status"] == "ok" for r in rows)
+    # same init, same data, same optimizer: the two layer families end at the same accuracy
+    assert float(rows[0]["test/acc"]) == pytest.approx(float(rows[1]["test/acc"]), abs=0.02)
     assert all(float(r["wall_time_s"]) > 0 and r["test/f1"] for r in rows)
     assert "model.impl=builtin" in rows[1]["overrides"]
     markdown = (tmp_path / "report.md").read_text()

@@ -7,14 +7,14 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from omegaconf import DictConfig, open_dict
 
 from cnnlab.paths import CONF_DIR
 from cnnlab.train import run
 
 
-def train_in_process(out_dir: Path, *overrides: str) -> Path:
-    """Compose ``train.yaml`` with ``overrides``, run it into ``out_dir`` and return that folder."""
+def compose_run(out_dir: Path, *overrides: str) -> DictConfig:
+    """``train.yaml`` composed with ``overrides`` as a CLI run would get it, writing to ``out_dir``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
@@ -22,6 +22,12 @@ def train_in_process(out_dir: Path, *overrides: str) -> Path:
     with open_dict(cfg):
         cfg.paths.output_dir = str(out_dir)
         del cfg["hydra"]
+    return cfg
+
+
+def train_in_process(out_dir: Path, *overrides: str) -> Path:
+    """Compose ``train.yaml`` with ``overrides``, run it into ``out_dir`` and return that folder."""
+    cfg = compose_run(out_dir, *overrides)
     run(cfg)
     GlobalHydra.instance().clear()
     return out_dir

@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cnnlab.training.atomic import atomic_write_text
 from cnnlab.training.errors import user_message, verbose
 from cnnlab.training.results import METRICS_FILE
 from cnnlab.training.summary import collect_runs
@@ -97,7 +98,7 @@ def write_report(folder: Path, out: Path) -> list[Path]:
         markdown_table(rows, COLUMNS),
         *(f"![{p.stem}]({p.name})\n" for p in figures),
     ]
-    (out / "report.md").write_text("\n".join(md))
+    atomic_write_text(out / "report.md", "\n".join(md))
     return [*written, out / "report.md", *figures]
 
 

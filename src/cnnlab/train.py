@@ -4,6 +4,7 @@
     cnnlab-train model.impl=builtin optimizer=sgd
     cnnlab-train -m model.impl=custom,builtin optimizer=sgd,adam
     cnnlab-train trainer=ddp_cpu
+    cnnlab-train ckpt_path=outputs/train/runs/<time> trainer.max_epochs=20   # continue that run
 
 Every run, even a failed, diverged or interrupted one, leaves ``metrics.json`` in its folder;
 inside a ``-m`` sweep a failing job is recorded and the sweep goes on.
@@ -13,17 +14,22 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
+import warnings
+from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from cnnlab.paths import CONF_DIR
+from cnnlab.training.atomic import AtomicCheckpointIO, WriteError
 from cnnlab.training.builders import (
     build_callbacks,
     build_datamodule,
@@ -36,6 +42,7 @@ from cnnlab.training.ddp import isolated_job, use_job_subprocess_command
 from cnnlab.training.errors import user_errors_as_messages
 from cnnlab.training.module import ClassificationModule
 from cnnlab.training.results import format_metrics, write_metrics
+from cnnlab.training.resume import continue_logs, resolve_checkpoint, resume_argv, run_folder_of
 from cnnlab.training.validate import validate_config
 
 log = logging.getLogger(__name__)
@@ -49,18 +56,39 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], ClassificationModule, L.Ligh
     datamodule = build_datamodule(cfg)
     log.info("Model: %s (impl=%s)", cfg.model._target_, cfg.model.impl)
     module = build_module(cfg, datamodule)
-    trainer = build_trainer(cfg, datamodule, build_callbacks(cfg), build_loggers(cfg))
+    loggers = build_loggers(cfg)
+    ckpt_path = resolve_checkpoint(str(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
+    continuing = (
+        bool(ckpt_path) and run_folder_of(ckpt_path) == Path(cfg.paths.output_dir).resolve()
+    )
+    if continuing:  # the same run, continued in its own folder
+        continue_logs(loggers, ckpt_path)
+    trainer = build_trainer(cfg, datamodule, build_callbacks(cfg), loggers)
+    trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    with warnings.catch_warnings():
+        if continuing:  # of course it is not empty: it holds the run being continued
+            warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty")
+        # weights_only also for URLs, where Lightning would default to unpickling anything
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    best_checkpoint = monitored_checkpoint(trainer)
+    best_score = best_checkpoint.best_model_score if best_checkpoint else None
+    if best_score is not None and best_checkpoint.monitor == "val/acc":
+        metrics["val/acc_best"] = float(best_score)  # the score of the weights best.ckpt holds
 
     if cfg.get("test"):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = best_checkpoint.best_model_path if best_checkpoint else ""
         if not best:
             log.warning("No best checkpoint (e.g. fast_dev_run): testing the current weights.")
         (test_metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(test_metrics)
     return metrics, module, datamodule
+
+
+def monitored_checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:
+    """The ``ModelCheckpoint`` that keeps ``best.ckpt`` (the one with a ``monitor``)."""
+    return next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)
 
 
 def render_plots(cfg: DictConfig, module: ClassificationModule, datamodule: Any) -> None:
@@ -92,8 +120,12 @@ def run(cfg: DictConfig) -> float:
     def record(
         status: str, metrics: dict[str, Any], error: str | None = None, **extra: Any
     ) -> None:
-        if rank_zero_only.rank == 0:
-            wall_time_s = time.perf_counter() - started
+        if cfg.get("ckpt_path"):
+            extra.setdefault("resumed_from", str(cfg.ckpt_path))
+        if rank_zero_only.rank != 0:
+            return
+        wall_time_s = time.perf_counter() - started
+        try:
             write_metrics(
                 run_dir,
                 cfg,
@@ -103,6 +135,10 @@ def run(cfg: DictConfig) -> float:
                 wall_time_s=wall_time_s,
                 **extra,
             )
+        except WriteError as err:
+            if status == "ok":
+                raise
+            log.error("%s", err)  # the run's own error is the one to report
 
     with isolated_job():
         try:
@@ -127,10 +163,16 @@ def run(cfg: DictConfig) -> float:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float:
     use_job_subprocess_command("cnnlab.train")
     with user_errors_as_messages():
         return run(cfg)
+
+
+def main() -> None:
+    """``cnnlab-train``; ``ckpt_path=<run>/checkpoints/last.ckpt`` continues that run in place."""
+    sys.argv[1:] = resume_argv(sys.argv[1:])
+    _hydra_main()
 
 
 if __name__ == "__main__":

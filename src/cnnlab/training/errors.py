@@ -19,6 +19,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from cnnlab.data import DatasetNotFoundError, ImageDecodeError
 from cnnlab.data.archive import ArchiveError
 from cnnlab.data.imagefolder import ImageFolderError
+from cnnlab.training.atomic import WriteError
 from cnnlab.training.callbacks import NonFiniteLossError
 
 
@@ -37,6 +38,7 @@ USER_ERRORS = (
     ImageFolderError,
     ArchiveError,
     NonFiniteLossError,
+    WriteError,
     MisconfigurationException,  # Lightning's own "this trainer setting cannot work"
 )
 

@@ -1,7 +1,8 @@
 """``metrics.json``: the one-file summary of a run that sweeps, compare and report read.
 
 Its fields are fixed by docs/architecture.md; every run writes it, including failed, diverged
-(``nan``) and interrupted ones, so a sweep table always has a row per job.
+(``nan``) and interrupted ones, so a sweep table always has a row per job. It is replaced
+atomically, so a reader never sees an empty or half-written file.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+
+from cnnlab.training.atomic import atomic_write_text
 
 METRICS_FILE = "metrics.json"
 RESULT_KEYS = ("val/acc_best", "test/acc", "test/f1", "test/precision", "test/recall", "test/loss")
@@ -68,10 +71,7 @@ def write_metrics(
         "wall_time_s": round(wall_time_s, 3),
         **extra,
     }
-    path = Path(run_dir) / METRICS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
-    return path
+    return atomic_write_text(Path(run_dir) / METRICS_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ and ``write_summary`` on any folder of runs.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from cnnlab.training.atomic import atomic_write_text
 from cnnlab.training.results import METRICS_FILE
 
 log = logging.getLogger(__name__)
@@ -64,14 +66,15 @@ def _cell(value: Any) -> str:
 
 
 def write_summary(folder: str | Path) -> tuple[Path, Path]:
-    """Write ``summary.csv`` and ``summary.md`` into ``folder``; return their paths."""
+    """Write ``summary.csv`` and ``summary.md`` into ``folder`` (each replaced atomically)."""
     folder = Path(folder)
     rows = collect_runs(folder)
     csv_path, md_path = folder / "summary.csv", folder / "summary.md"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(csv_path, table.getvalue())
     lines = [
         f"# Sweep summary: {folder}",
         "",
@@ -79,7 +82,7 @@ def write_summary(folder: str | Path) -> tuple[Path, Path]:
         "|" + "---|" * len(COLUMNS),
         *("| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in rows),
     ]
-    md_path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
 
 
