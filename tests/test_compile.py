@@ -186,3 +186,28 @@ def test_cli_trains_compiled_and_logs_the_warmup(run_cli, tmp_path) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test/acc"] > 0.8  # the digits set, compiled hand-written seed CNN, 3 epochs
     assert "compile/warmup_s" in (run_dir / "csv" / "metrics.csv").read_text()
+
+
+@pytest.mark.slow
+def test_ddp_run_compiles_with_the_hand_written_sync_batchnorm(run_cli, tmp_path) -> None:
+    """Two gloo processes, each compiling forward + loss with fullgraph=True, batch norm
+    synchronised by cnnlab's SyncBatchNorm (its all-gather traced into the graph)."""
+    result = run_cli(
+        "cnnlab.train",
+        "trainer=ddp_cpu",
+        "compile=true",
+        "model.batch_norm=true",
+        "model.channels=[8,16,16]",
+        "model.hidden=32",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=2",
+        "viz.enabled=false",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
+    log = (run_dir / "train.log").read_text()
+    assert "torch.compile warm-up" in log
+    import json
+
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "ok"
