@@ -8,6 +8,7 @@ in seconds; the inductor tests (slow) check the generated code as well.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
 
 import pytest
@@ -181,8 +182,6 @@ def test_cli_trains_compiled_and_logs_the_warmup(run_cli, tmp_path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "torch.compile warm-up" in result.stdout + result.stderr
     (run_dir,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
-    import json
-
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test/acc"] > 0.8  # the digits set, compiled hand-written seed CNN, 3 epochs
     assert "compile/warmup_s" in (run_dir / "csv" / "metrics.csv").read_text()
@@ -208,6 +207,4 @@ def test_ddp_run_compiles_with_the_hand_written_sync_batchnorm(run_cli, tmp_path
     (run_dir,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
     log = (run_dir / "train.log").read_text()
     assert "torch.compile warm-up" in log
-    import json
-
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "ok"
