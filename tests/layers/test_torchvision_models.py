@@ -1,0 +1,302 @@
+"""Every torchvision classification model converts to hand-written layers and matches its twin.
+
+``convert(model, to="custom")`` must give a model whose forward logits and every gradient equal
+the built-in model's: these networks use the layers in ways cnnlab's own models do not (in-place
+ReLU/SiLU right after a conv or a linear, in-place dropout, residual ``+=``, ceil-mode pooling,
+depthwise and grouped convs, stochastic depth, auxiliary heads), so they are the drop-in test.
+
+The list of models comes from ``torchvision.models.list_models``: a model torchvision adds is
+tested without anyone touching this file, and fails here if it needs an input size or builder
+argument the table below does not give it. A representative model per family runs in the fast
+suite; the whole list is ``slow``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+from cnnlab.layers import convert
+from cnnlab.layers.convert import BUILTIN_TO_CUSTOM
+
+ALL_MODELS: tuple[str, ...] = tuple(torchvision.models.list_models(module=torchvision.models))
+
+#: One model per family (fast suite). Together they cover every custom layer in train mode:
+#: plain/BN convs, in-place ReLU and SiLU after conv and linear, dropout (alexnet, vgg, googlenet,
+#: efficientnet, mobilenet), ceil-mode max pooling (squeezenet, googlenet), average pooling
+#: (densenet), grouped and depthwise convs, and batch norm at a 1x1 spatial size.
+FAST_MODELS: tuple[str, ...] = (
+    "alexnet",
+    "vgg11_bn",
+    "resnet18",
+    "squeezenet1_0",
+    "efficientnet_b0",
+    "mobilenet_v3_small",
+    "densenet121",
+    "shufflenet_v2_x0_5",
+    "googlenet",
+    "mnasnet0_5",
+    "regnet_x_400mf",
+    "convnext_tiny",
+)
+
+#: Tolerance for float64, relative to the scale of what is compared (see ``assert_close_at``):
+#: the two families add the same products in different orders, so they differ by float64
+#: rounding (~1e-16) grown by depth; the largest difference measured over all 80 models is
+#: reported in the module's test run (``-k walked``) and sits far below this, while a real
+#: mistake (a wrong term, a missed mask, a wrong dropout draw) is of order 1.
+RTOL_FLOAT64 = 1e-10
+#: float32 is used only for the models whose float64 copy plus gradients would not fit the
+#: project's CI machine (see ``Case.dtype``); it gets float32 rounding tolerance.
+RTOL_FLOAT32 = 1e-4
+
+
+@dataclass(frozen=True)
+class Case:
+    """How to build and feed one model: the smallest input it accepts, at batch 4.
+
+    Batch 4, not 2: most models reach a 1x1 feature map at 32x32, where a train-mode batch norm
+    over 2 values maps them to exactly -1 and +1 and its input gradient cancels to rounding
+    noise, so every gradient below it would compare noise with noise (measured: 7e-2 relative
+    differences on densenet169 at batch 2, 4e-13 at batch 4).
+    """
+
+    size: int = 32
+    batch: int = 4
+    kwargs: dict = field(default_factory=dict)
+    #: float64 unless the model is too large to hold in float64 twice (weights and gradients).
+    dtype: torch.dtype = torch.float64
+
+
+#: Models that need something other than a 32x32 input. Every entry says why.
+CASES: dict[str, Case] = {
+    # 11x11/4 stem and three 3x3/2 max pools: 63 is the smallest input.
+    "alexnet": Case(size=63),
+    # The auxiliary head (train mode) average-pools Mixed_6e with a 5x5/3 window: 111 is the
+    # smallest input that still leaves it 5x5 (75 is the smallest without the head).
+    "inception_v3": Case(size=111),
+    # Every block's input must split into 7x7 partitions: 224/32 = 7.
+    "maxvit_t": Case(size=224, batch=1, kwargs={"input_size": (224, 224)}),
+    # One patch: the smallest image a ViT takes (its position embedding is sized from it).
+    "vit_b_16": Case(size=16, kwargs={"image_size": 16}),
+    "vit_b_32": Case(size=32, kwargs={"image_size": 32}),
+    "vit_l_16": Case(size=16, kwargs={"image_size": 16}),
+    "vit_l_32": Case(size=32, kwargs={"image_size": 32}),
+    # 632M and 645M parameters: 5 GB each in float64, 10 GB with the stored built-in gradients.
+    # float32 halves that; the comparison uses float32 tolerance for these two only.
+    "vit_h_14": Case(size=14, kwargs={"image_size": 14}, dtype=torch.float32),
+    "regnet_y_128gf": Case(dtype=torch.float32),
+}
+
+
+def case_of(name: str) -> Case:
+    return CASES.get(name, Case())
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Build directly in ``dtype``: no float32 copy of a large model next to the float64 one."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build(name: str) -> nn.Module:
+    case = case_of(name)
+    torch.manual_seed(0)
+    with default_dtype(case.dtype):
+        model = torchvision.models.get_model(name, weights=None, **case.kwargs)
+    return model.to(case.dtype).train()
+
+
+def outputs_of(result: torch.Tensor | tuple) -> list[torch.Tensor]:
+    """The logits, plus the auxiliary logits googlenet and inception_v3 return in train mode."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    return [t for t in result if t is not None]
+
+
+def forward_backward(model: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One training step's passes with a fixed random upstream gradient per output.
+
+    The seed is reset first so dropout and stochastic depth draw the same masks in both runs.
+    Returns the detached outputs and the input gradient; parameter gradients stay on ``.grad``.
+    """
+    leaf = x.detach().clone().requires_grad_()
+    torch.manual_seed(1)
+    outs = outputs_of(model(leaf))
+    gen = torch.Generator().manual_seed(2)
+    upstream = [torch.randn(o.shape, generator=gen, dtype=o.dtype) for o in outs]
+    torch.autograd.backward(outs, upstream)
+    return [o.detach() for o in outs], leaf.grad
+
+
+def assert_close_at(
+    got: torch.Tensor, want: torch.Tensor, rtol: float, scale: float, what: str
+) -> None:
+    """``|got - want| <= rtol * (|want| + scale)`` elementwise.
+
+    ``scale`` is the size of the values ``want`` was computed among (the largest gradient of the
+    model, the largest statistic of the same batch norm, ...). A pure relative test would fail on
+    values that cancel to ~0 in exact arithmetic and so come out as rounding noise of the terms
+    they were summed from: e.g. the bias gradient of a batch norm that feeds, through a 1x1 conv,
+    another train-mode batch norm (whose input gradient sums to zero per channel), or the
+    running mean of a conv output whose input was just normalised. Gradients of untrained
+    networks range from 1e-12 to 1e3 between models, hence a scale taken from the model itself.
+    """
+    torch.testing.assert_close(
+        got, want, rtol=rtol, atol=rtol * scale, msg=lambda m: f"{what}: {m}"
+    )
+
+
+def largest(tensors) -> float:
+    return max((t.abs().max().item() for t in tensors if t.numel()), default=0.0)
+
+
+@dataclass
+class GradientChecker:
+    """Compares each parameter's custom gradient with the stored built-in one as soon as it is
+    accumulated, then frees both: at most one model's worth of gradients is held at a time."""
+
+    want: dict[nn.Parameter, tuple[str, torch.Tensor]]
+    rtol: float
+    failures: list[str] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.scale = largest(grad for _, grad in self.want.values())
+
+    def __call__(self, param: nn.Parameter) -> None:
+        name, want = self.want.pop(param, (None, None))
+        if name is None:
+            self.failures.append("a parameter without a built-in gradient got a custom one")
+        else:
+            self.seen.add(name)
+            try:
+                assert_close_at(param.grad, want, self.rtol, self.scale, f"grad of {name}")
+            except AssertionError as error:
+                self.failures.append(str(error))
+        param.grad = None
+
+
+def assert_buffers_close(model: nn.Module, want: dict[str, torch.Tensor], rtol: float) -> None:
+    """Running statistics and counters after one training step, scaled per owning module."""
+    for prefix, module in model.named_modules():
+        floats = [b for b in module.buffers(recurse=False) if b.is_floating_point()]
+        scale = largest(floats)
+        for key, buffer in module.named_buffers(prefix=prefix, recurse=False):
+            if buffer.is_floating_point():
+                assert_close_at(buffer, want[key], rtol, scale, f"buffer {key}")
+            else:
+                assert torch.equal(buffer, want[key]), f"buffer {key}"
+
+
+def custom_and_builtin_modules(model: nn.Module) -> tuple[int, set[str]]:
+    """How many modules are hand-written, and which module types stayed built-in (leaves only;
+    containers such as ``Sequential`` or a model's own blocks hold no kernels)."""
+    custom_count = 0
+    leftover = set()
+    for module in model.modules():
+        if type(module).__module__.startswith("cnnlab."):
+            custom_count += 1
+        elif not list(module.children()):
+            leftover.add(type(module).__name__)
+    return custom_count, leftover
+
+
+def check_model(name: str) -> set[str]:
+    """Run ``name`` built-in, convert the same module to custom, run again and compare.
+
+    One module serves both runs (``convert`` keeps the Parameter objects), so memory holds the
+    weights, the built-in gradients and the custom gradients as they arrive, not two models.
+    Returns the leaf module types that stayed built-in.
+    """
+    case = case_of(name)
+    rtol = RTOL_FLOAT64 if case.dtype == torch.float64 else RTOL_FLOAT32
+    model = build(name)
+    x = torch.randn(
+        case.batch, 3, case.size, case.size, dtype=case.dtype,
+        generator=torch.Generator().manual_seed(3),
+    )  # fmt: skip
+    initial_buffers = {k: b.clone() for k, b in model.named_buffers()}
+
+    outs_b, grad_x_b = forward_backward(model, x)
+    params = dict(model.named_parameters())
+    want = {p: (n, p.grad) for n, p in params.items() if p.grad is not None}
+    assert len(want) == len(params), "every parameter of the built-in model gets a gradient"
+    for p in params.values():
+        p.grad = None
+    buffers_b = {k: b.clone() for k, b in model.named_buffers()}
+    with torch.no_grad():
+        for k, b in model.named_buffers():
+            b.copy_(initial_buffers[k])
+
+    model = convert(model, to="custom")
+    custom_count, leftover = custom_and_builtin_modules(model)
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    assert custom_count > 0 or not has_conv, f"{name}: convert swapped nothing"
+    unswapped = {type(m).__name__ for m in model.modules() if type(m) in BUILTIN_TO_CUSTOM}
+    assert not unswapped, f"{name}: convert left supported layers built-in: {unswapped}"
+
+    checker = GradientChecker(want, rtol)
+    handles = [p.register_post_accumulate_grad_hook(checker) for p in params.values()]
+    try:
+        outs_c, grad_x_c = forward_backward(model, x)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    assert len(outs_c) == len(outs_b)
+    for i, (got, expected) in enumerate(zip(outs_c, outs_b, strict=True)):
+        assert_close_at(got, expected, rtol, largest([expected]), f"{name} output {i}")
+    assert_close_at(grad_x_c, grad_x_b, rtol, largest([grad_x_b]), f"{name} input gradient")
+    assert not checker.failures, f"{name}: " + "\n".join(checker.failures[:5])
+    missing = [n for n, _ in checker.want.values()]
+    assert not missing, f"{name}: no custom gradient for {missing[:5]}"
+    assert len(checker.seen) == len(params)
+    assert_buffers_close(model, buffers_b, rtol)
+    return leftover
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Run the walk on one intra-op thread.
+
+    At these input sizes every kernel is small, so a second thread gains little; on a busy CI
+    machine (2 cores, other jobs) OpenMP threads that wait for each other made resnet18's step
+    20x slower (4 s instead of 0.2 s), which would put the full walk far over its time budget.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_every_classification_model_is_walked() -> None:
+    """The walk covers what torchvision lists (80 models in 0.29): a model cannot drop out of
+    it silently, and every special case in ``CASES`` names a model that still exists."""
+    assert len(ALL_MODELS) >= 80
+    assert set(FAST_MODELS) <= set(ALL_MODELS)
+    assert set(CASES) <= set(ALL_MODELS)
+
+
+@pytest.mark.parametrize("name", FAST_MODELS)
+def test_representative_model_matches_builtin(name: str) -> None:
+    check_model(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [m for m in ALL_MODELS if m not in FAST_MODELS])
+def test_every_model_matches_builtin(name: str) -> None:
+    check_model(name)
