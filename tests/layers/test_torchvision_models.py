@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
+import cnnlab.layers as custom
 from cnnlab.layers import convert
 from cnnlab.layers.convert import BUILTIN_TO_CUSTOM
 
@@ -30,7 +31,7 @@ ALL_MODELS: tuple[str, ...] = tuple(torchvision.models.list_models(module=torchv
 #: One model per family (fast suite). Together they cover every custom layer in train mode:
 #: plain/BN convs, in-place ReLU and SiLU after conv and linear, dropout (alexnet, vgg, googlenet,
 #: efficientnet, mobilenet), ceil-mode max pooling (squeezenet, googlenet), average pooling
-#: (densenet), grouped and depthwise convs, and batch norm at a 1x1 spatial size.
+#: (densenet), grouped and depthwise convs, batch norm in train mode, auxiliary heads.
 FAST_MODELS: tuple[str, ...] = (
     "alexnet",
     "vgg11_bn",
@@ -46,42 +47,49 @@ FAST_MODELS: tuple[str, ...] = (
     "convnext_tiny",
 )
 
-#: Tolerance for float64, relative to the scale of what is compared (see ``assert_close_at``):
-#: the two families add the same products in different orders, so they differ by float64
-#: rounding (~1e-16) grown by depth; the largest difference measured over all 80 models is
-#: reported in the module's test run (``-k walked``) and sits far below this, while a real
-#: mistake (a wrong term, a missed mask, a wrong dropout draw) is of order 1.
-RTOL_FLOAT64 = 1e-10
+#: Tolerance for float64, relative to the scale of what is compared (see ``assert_close_at``).
+#: The two families add the same products in different orders, so they differ by float64
+#: rounding (~1e-16) grown by depth: the largest difference over all 80 models, measured with
+#: torch 2.14.1 on x86 CPU, is 3e-12 (inception_v3's first conv weight gradient; most are
+#: 1e-13 to 1e-15). 1e-9 leaves room for another BLAS's summation order, while any real mistake
+#: (a wrong term, a missed mask, another dropout draw) is of order 1e-3 to 1.
+RTOL_FLOAT64 = 1e-9
 #: float32 is used only for the models whose float64 copy plus gradients would not fit the
 #: project's CI machine (see ``Case.dtype``); it gets float32 rounding tolerance.
 RTOL_FLOAT32 = 1e-4
+#: Elements compared at a time (32 MiB of float64).
+COMPARE_CHUNK = 1 << 22
 
 
 @dataclass(frozen=True)
 class Case:
-    """How to build and feed one model: the smallest input it accepts, at batch 4.
+    """How to build and feed one model: 64x64 at batch 2 unless the model needs more.
 
-    Batch 4, not 2: most models reach a 1x1 feature map at 32x32, where a train-mode batch norm
-    over 2 values maps them to exactly -1 and +1 and its input gradient cancels to rounding
-    noise, so every gradient below it would compare noise with noise (measured: 7e-2 relative
-    differences on densenet169 at batch 2, 4e-13 at batch 4).
+    Not 32x32, which most models accept: they reach a 1x1 feature map there, and a train-mode
+    batch norm over 2 values maps them to exactly -1 and +1, so its input gradient cancels to
+    rounding noise and every gradient below it compares noise with noise (measured at 32x32:
+    7e-2 relative differences on densenet169 at batch 2, 1e-8 on regnet_x_400mf at batch 4).
+    At 64x64 the last map is 2x2 and the worst difference over all models is ~1e-11.
     """
 
-    size: int = 32
-    batch: int = 4
+    size: int = 64
+    batch: int = 2
     kwargs: dict = field(default_factory=dict)
     #: float64 unless the model is too large to hold in float64 twice (weights and gradients).
     dtype: torch.dtype = torch.float64
+    #: Train mode (batch statistics, dropout, stochastic depth) unless the entry says why not.
+    train: bool = True
+    #: Keep ``nn.Dropout`` in eval mode while the rest trains; the entry says why.
+    eval_dropout: bool = False
 
 
 #: Models that need something other than a 32x32 input. Every entry says why.
 CASES: dict[str, Case] = {
-    # 11x11/4 stem and three 3x3/2 max pools: 63 is the smallest input.
-    "alexnet": Case(size=63),
-    # The auxiliary head (train mode) average-pools Mixed_6e with a 5x5/3 window: 111 is the
-    # smallest input that still leaves it 5x5 (75 is the smallest without the head).
-    "inception_v3": Case(size=111),
-    # Every block's input must split into 7x7 partitions: 224/32 = 7.
+    # The auxiliary head (run in train mode) average-pools Mixed_6e 5x5/3 and then applies a
+    # 5x5 conv: only the full 299x299 input leaves it a 5x5 map.
+    "inception_v3": Case(size=299),
+    # Every block's input must split into 7x7 partitions: 224/32 = 7. Batch 1 is enough for
+    # its batch norms (the smallest map they see is 7x7).
     "maxvit_t": Case(size=224, batch=1, kwargs={"input_size": (224, 224)}),
     # One patch: the smallest image a ViT takes (its position embedding is sized from it).
     "vit_b_16": Case(size=16, kwargs={"image_size": 16}),
@@ -91,7 +99,16 @@ CASES: dict[str, Case] = {
     # 632M and 645M parameters: 5 GB each in float64, 10 GB with the stored built-in gradients.
     # float32 halves that; the comparison uses float32 tolerance for these two only.
     "vit_h_14": Case(size=14, kwargs={"image_size": 14}, dtype=torch.float32),
-    "regnet_y_128gf": Case(dtype=torch.float32),
+    # Also in eval mode: train-mode batch norm at batch 2 amplifies float32 rounding to ~1e-2
+    # relative differences (measured on regnet_y_8gf in float32; 7e-7 in eval mode). Train
+    # mode is covered in float64 by the 13 other regnets.
+    "regnet_y_128gf": Case(dtype=torch.float32, train=False),
+    # Its dropout acts on a 512x3x3 feature map. ATen's bernoulli_ draws in memory order, and
+    # a hand-written conv returns a channels-last tensor where the built-in returns an NCHW one,
+    # so the same seed drops other units (see test_dropout_after_conv_draws_the_builtin_mask).
+    # Dropout in train mode is covered by alexnet, vgg, googlenet, efficientnet, mobilenet.
+    "squeezenet1_0": Case(eval_dropout=True),
+    "squeezenet1_1": Case(eval_dropout=True),
 }
 
 
@@ -115,7 +132,12 @@ def build(name: str) -> nn.Module:
     torch.manual_seed(0)
     with default_dtype(case.dtype):
         model = torchvision.models.get_model(name, weights=None, **case.kwargs)
-    return model.to(case.dtype).train()
+    model = model.to(case.dtype).train(case.train)
+    if case.eval_dropout:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.eval()
+    return model
 
 
 def outputs_of(result: torch.Tensor | tuple) -> list[torch.Tensor]:
@@ -153,13 +175,26 @@ def assert_close_at(
     running mean of a conv output whose input was just normalised. Gradients of untrained
     networks range from 1e-12 to 1e3 between models, hence a scale taken from the model itself.
     """
-    torch.testing.assert_close(
-        got, want, rtol=rtol, atol=rtol * scale, msg=lambda m: f"{what}: {m}"
-    )
+    assert got.shape == want.shape and got.dtype == want.dtype, f"{what}: {got} vs {want}"
+    # In slices: assert_close makes several temporaries of its inputs' size, and VGG's first
+    # classifier gradient alone is 0.8 GB in float64.
+    got, want = got.reshape(-1), want.reshape(-1)
+    for start in range(0, want.numel(), COMPARE_CHUNK):
+        torch.testing.assert_close(
+            got[start : start + COMPARE_CHUNK],
+            want[start : start + COMPARE_CHUNK],
+            rtol=rtol,
+            atol=rtol * scale,
+            msg=lambda m, s=start: f"{what} (flat elements {s}+): {m}",
+        )
 
 
 def largest(tensors) -> float:
-    return max((t.abs().max().item() for t in tensors if t.numel()), default=0.0)
+    """The largest magnitude in ``tensors``, without an ``abs()`` copy of each."""
+    return max(
+        (max(-lo.item(), hi.item()) for lo, hi in (torch.aminmax(t) for t in tensors if t.numel())),
+        default=0.0,
+    )
 
 
 @dataclass
@@ -200,6 +235,10 @@ def assert_buffers_close(model: nn.Module, want: dict[str, torch.Tensor], rtol: 
                 assert torch.equal(buffer, want[key]), f"buffer {key}"
 
 
+#: Modules that only hold others (an empty one is a no-op branch, e.g. in shufflenet).
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
 def custom_and_builtin_modules(model: nn.Module) -> tuple[int, set[str]]:
     """How many modules are hand-written, and which module types stayed built-in (leaves only;
     containers such as ``Sequential`` or a model's own blocks hold no kernels)."""
@@ -208,7 +247,7 @@ def custom_and_builtin_modules(model: nn.Module) -> tuple[int, set[str]]:
     for module in model.modules():
         if type(module).__module__.startswith("cnnlab."):
             custom_count += 1
-        elif not list(module.children()):
+        elif not list(module.children()) and not isinstance(module, CONTAINERS):
             leftover.add(type(module).__name__)
     return custom_count, leftover
 
@@ -300,3 +339,19 @@ def test_representative_model_matches_builtin(name: str) -> None:
 @pytest.mark.parametrize("name", [m for m in ALL_MODELS if m not in FAST_MODELS])
 def test_every_model_matches_builtin(name: str) -> None:
     check_model(name)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a hand-written conv returns channels-last where the built-in returns NCHW, and "
+    "bernoulli_ draws in memory order: the same seed drops other units (squeezenet's case)",
+)
+def test_dropout_after_conv_draws_the_builtin_mask() -> None:
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    results = []
+    for conv_cls, dropout_cls in ((nn.Conv2d, nn.Dropout), (custom.Conv2d, custom.Dropout)):
+        torch.manual_seed(0)
+        layers = nn.Sequential(conv_cls(3, 4, 1), dropout_cls(0.5)).double()
+        torch.manual_seed(1)
+        results.append(layers(x) == 0)
+    assert torch.equal(*results)
