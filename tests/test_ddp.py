@@ -104,7 +104,9 @@ class RecordLayerTypes(Callback):
 def test_custom_ddp_run_keeps_every_layer_hand_written(
     run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS_DIR), os.environ["PYTHONPATH"]]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")]))
+    )
     record = tmp_path / "layer_types"
     record.mkdir()
     result = run_cli(

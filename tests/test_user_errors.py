@@ -115,15 +115,27 @@ def test_eval_of_a_checkpoint_of_another_model(run_cli, compose_config, tmp_path
     assert "model.classifier.fc1.weight [16, 8] vs [24, 8]" in line
 
 
-def test_a_full_disk_names_the_folder(tmp_path: Path, run_cli, compose_config) -> None:
-    """A real ENOSPC from the kernel: the report's files point at /dev/full."""
-    if not Path("/dev/full").exists():
-        pytest.skip("needs /dev/full (Linux) to produce a real 'No space left on device'")
+def test_a_full_disk_names_the_file_and_leaves_no_partial_file(tmp_path: Path, monkeypatch) -> None:
+    """ENOSPC as a filesystem reports it when the data reaches the disk (at ``fsync``): one
+    line naming the file, exit 1, no temporary file left beside it."""
+    import errno
+
+    import cnnlab.training.atomic as atomic
+    from cnnlab.report import main
+
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.json").write_text('{"status": "ok", "impl": "custom", "test/acc": 0.5}')
     out = tmp_path / "report"
-    out.mkdir()
-    (out / "report.csv").symlink_to("/dev/full")
-    result = run_cli("cnnlab.report", str(run), "--out", str(out))
-    one_line_error(result, "cnnlab-report: No space left on device while writing", str(out))
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full_disk)
+    with pytest.raises(SystemExit) as stop:
+        main([str(run), "--out", str(out)])
+    message = str(stop.value.code)
+    assert message.startswith("cnnlab-report: "), message
+    assert str(out) in message and "No space left on device" in message
+    assert "\n" not in message
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cnnlab.training.atomic import atomic_write_text
+from cnnlab.training.atomic import WriteError, atomic_write_text
 from cnnlab.training.errors import user_message, verbose
 from cnnlab.training.results import METRICS_FILE
 from cnnlab.training.summary import collect_runs
@@ -128,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as err:
         sys.exit(f"cnnlab-report: {err}")
     except OSError as err:
-        if not (err.filename or err.filename2):  # a failed write() names no file: name the folder
+        named = isinstance(err, WriteError) or err.filename or err.filename2
+        if not named:  # a failed write() names no file: name the folder
             err.filename = str(out)
         message = user_message(err)
         if message is None or verbose():
