@@ -33,10 +33,11 @@ def chunk_bytes(device: torch.device) -> int:
 def batch_chunks(n: int, bytes_per_image: int, device: torch.device) -> list[slice]:
     """Slices of the batch whose patch matrices take about :func:`chunk_bytes` each.
 
-    A symbolic batch size (``torch.compile`` with a dynamic batch) gets one chunk: a loop over
-    it would specialise the graph to each batch size.
+    Under ``torch.compile`` the whole batch is one chunk: the unrolled loop would write each
+    chunk's rows into the output through a functionalised copy (and a symbolic batch size
+    would specialise the graph to each size), while inductor plans the one buffer's memory.
     """
-    if not isinstance(n, int):
+    if torch.compiler.is_compiling() or not isinstance(n, int):
         return [slice(0, n)]
     step = max(1, chunk_bytes(device) // max(1, bytes_per_image))
     return [slice(start, min(n, start + step)) for start in range(0, n, step)]
@@ -57,6 +58,8 @@ def pad_channels_last(x: torch.Tensor, padding: Padding4) -> torch.Tensor:
     nhwc = x.permute(0, 2, 3, 1)
     if not any(padding) and nhwc.is_contiguous():
         return nhwc
+    if torch.compiler.is_compiling():  # one op that inductor fuses, not a copy plus four fills
+        return torch.constant_pad_nd(nhwc, (0, 0, left, right, top, bottom)).contiguous()
     n, h, w, c = nhwc.shape
     padded = x.new_empty((n, h + top + bottom, w + left + right, c))
     padded[:, top : top + h, left : left + w] = nhwc

@@ -125,6 +125,12 @@ def _correlate(
     padded = pad_channels_last(x, padding)
     n, hp, wp, _ = padded.shape
     ho, wo = output_size(hp, kh, sh, dh), output_size(wp, kw, sw, dw)
+    w_cols = w_rows.transpose(1, 2)
+    if torch.compiler.is_compiling():
+        # One GEMM, no out=: its (N*Ho*Wo, O) result viewed as NCHW is already channels-last.
+        rows = _gemm(im2col(padded, (kh, kw), stride, dilation, groups), w_cols, bias, groups)
+        out = rows.transpose(0, 1).reshape(n, ho, wo, groups * out_per_group)
+        return padded, out.permute(0, 3, 1, 2)
     out = torch.empty(
         (n, groups * out_per_group, ho, wo),
         dtype=padded.dtype,
@@ -133,7 +139,6 @@ def _correlate(
     )
     # (N*Ho*Wo, G*O/G) seen as (G, N*Ho*Wo, O/G): contiguous rows for one group.
     out_rows = out.permute(0, 2, 3, 1).view(n * ho * wo, groups, out_per_group).transpose(0, 1)
-    w_cols = w_rows.transpose(1, 2)
     for chunk in batch_chunks(n, ho * wo * k * padded.element_size(), padded.device):
         cols = im2col(padded[chunk], (kh, kw), stride, dilation, groups)  # (G, m, K)
         target = out_rows[:, chunk.start * ho * wo : chunk.stop * ho * wo]
