@@ -83,6 +83,19 @@ def _check_params(input: torch.Tensor, **params: torch.Tensor | None) -> None:
             )
 
 
+def batch_statistics(input: torch.Tensor, dims: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Biased variance and mean per channel, in float32 for bf16/fp16 input.
+
+    The two-pass formula (mean, then the mean square of ``x - mean``) is as exact as Welford's
+    ``torch.var_mean`` and about twice as fast on the CPU for channels-last input; the one-pass
+    ``E[x²] - E[x]²`` would cancel catastrophically when |mean| >> std.
+    """
+    x = input.to(opmath_dtype(input.dtype))
+    mean = x.mean(dims, keepdim=True)
+    centred = x - mean
+    return centred.mul_(centred).mean(dims), mean.flatten()
+
+
 def _update_running_stats(
     running_mean: torch.Tensor | None,
     running_var: torch.Tensor | None,
@@ -134,7 +147,7 @@ def batch_norm(
                 f"shape {tuple(input.shape)}; use a batch size > 1 or call model.eval()"
             )
         with torch.no_grad():
-            var, mean = torch.var_mean(input.to(opmath_dtype(input.dtype)), dims, correction=0)
+            var, mean = batch_statistics(input, dims)
         _update_running_stats(running_mean, running_var, mean, var, count, momentum)
     else:
         if running_mean is None or running_var is None:

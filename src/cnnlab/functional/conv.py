@@ -174,12 +174,13 @@ def _weight_grad_rows(
         return torch.bmm(
             grad_rows.transpose(1, 2), im2col(padded, kernel, stride, dilation, groups)
         )
-    acc = w_rows.new_zeros(w_rows.shape, dtype=opmath_dtype(w_rows.dtype))
+    dtype, acc = opmath_dtype(w_rows.dtype), None
     for chunk in chunks:
-        cols = im2col(padded[chunk], kernel, stride, dilation, groups)
+        cols = im2col(padded[chunk], kernel, stride, dilation, groups).to(dtype)
         rows = grad_rows[:, chunk.start * rows_per_image : chunk.stop * rows_per_image]
-        acc.baddbmm_(rows.transpose(1, 2).to(acc.dtype), cols.to(acc.dtype))
-    return acc
+        rows_t = rows.transpose(1, 2).to(dtype)
+        acc = torch.bmm(rows_t, cols) if acc is None else acc.baddbmm_(rows_t, cols)
+    return acc if acc is not None else w_rows.new_zeros(w_rows.shape, dtype=dtype)  # no images
 
 
 def _gemm(

@@ -24,7 +24,12 @@ import torch
 import torch.distributed as dist
 
 from cnnlab.functional._utils import opmath_dtype
-from cnnlab.functional.batchnorm import _channel_view, _check_params, _update_running_stats
+from cnnlab.functional.batchnorm import (
+    _channel_view,
+    _check_params,
+    _update_running_stats,
+    batch_statistics,
+)
 
 
 def _gather_rows(row: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
@@ -56,7 +61,7 @@ def global_batch_stats(
     count = input.numel() // channels
     if count > 0:
         dims = [d for d in range(input.dim()) if d != 1]
-        var, mean = torch.var_mean(input.to(stats_dtype), dims, correction=0)
+        var, mean = batch_statistics(input, dims)
     else:  # an empty slice still joins the collective, with weight 0
         mean = var = torch.zeros(channels, dtype=stats_dtype, device=input.device)
     local = torch.cat([mean.new_full((1,), count), mean, var])
