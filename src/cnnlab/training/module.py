@@ -71,10 +71,9 @@ class ClassificationModule(L.LightningModule):
         def accuracy() -> MulticlassAccuracy:
             return MulticlassAccuracy(num_classes=num_classes, average="micro")
 
-        # weighted by batch size, so epoch losses are per-image means whatever the batch size
-        # The per-step training metrics skip their host-side value checks (a NaN test, a label
-        # range test): each is a device sync per step. A non-finite loss is caught by
-        # StopOnNonFiniteLoss; labels come from the data module.
+        # Weighted by batch size, so epoch losses are per-image means whatever the batch size.
+        # The per-step loss metric skips its NaN scan, a device sync per step; a non-finite
+        # loss is caught by StopOnNonFiniteLoss.
         self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.train_acc, self.val_acc = accuracy(), accuracy()
