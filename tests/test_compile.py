@@ -104,22 +104,31 @@ def test_model_compiles_as_one_graph_without_recompiles_and_matches_eager(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("name", ["seed_cnn", "lenet5"])
-def test_inductor_compiled_step_matches_eager(name: str) -> None:
+def test_inductor_compiled_step_matches_eager(name: str, dtype: torch.dtype) -> None:
+    """float64 shows the generated code computes the same thing (to 1e-9); float32 only adds
+    rounding, which batch norm's backward amplifies in the first conv's weight gradient (a
+    difference of nearly equal sums), so its tolerance is relative to each tensor's scale."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     kwargs = {**MODEL_KWARGS[name], "dropout": 0.0} if name == "seed_cnn" else MODEL_KWARGS[name]
-    eager = StepModule(MODELS[name](impl="custom", **kwargs), bf16=False)
+    eager = StepModule(MODELS[name](impl="custom", **kwargs), bf16=False).to(dtype)
     compiled_module = copy.deepcopy(eager)
     compiled = torch.compile(compiled_module, fullgraph=True)
     x, y = _batch(kwargs["in_shape"], n=8)
+    x = x.to(dtype)
+    tol = 1e-9 if dtype == torch.float64 else 1e-2
     for want, have in zip(
         _run_steps(eager, eager, x, y, 2),
         _run_steps(compiled, compiled_module, x, y, 2),
         strict=True,
     ):
         for key in want:
-            torch.testing.assert_close(have[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
+            scale = float(want[key].abs().max())
+            torch.testing.assert_close(
+                have[key], want[key], rtol=tol, atol=tol * scale, msg=lambda m, k=key: f"{k}: {m}"
+            )
 
 
 def test_whole_training_step_with_backward_compiles_as_one_graph() -> None:
