@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import re
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+
+from cnnlab.bench.loop import mean_std
+from cnnlab.training.summary import collect_runs
 
 REPO = Path(__file__).resolve().parents[3]
 START, END = "<!-- gpu-check:start -->", "<!-- gpu-check:end -->"
@@ -54,21 +55,18 @@ def table_of(stdout: str) -> str:
 def lightning_runs(sweep_dir: Path) -> str:
     """mean ± std of test accuracy and wall time per impl over a ``-m`` sweep's jobs."""
     by_impl: dict[str, list[dict]] = {}
-    for path in sorted(sweep_dir.glob("*/metrics.json")):
-        metrics = json.loads(path.read_text())
-        by_impl.setdefault(str(metrics.get("impl")), []).append(metrics)
+    for row in collect_runs(sweep_dir):
+        impl = next(
+            (o.split("=", 1)[1] for o in row["overrides"].split() if o.startswith("model.impl=")),
+            "?",
+        )
+        by_impl.setdefault(impl, []).append(row)
     rows = ["| impl | test acc % | wall s (fit + test) | runs ok |", "| --- | --- | --- | --- |"]
     for impl, runs in sorted(by_impl.items()):
-        ok = [m for m in runs if m.get("status") == "ok"]
-        acc = [100 * m["test/acc"] for m in ok]
-        wall = [m["wall_time_s"] for m in ok]
-
-        def fmt(values: list[float]) -> str:
-            if not values:
-                return "n/a"
-            return f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f}"
-
-        rows.append(f"| {impl} | {fmt(acc)} | {fmt(wall)} | {len(ok)}/{len(runs)} |")
+        ok = [r for r in runs if r["status"] == "ok"]
+        acc = mean_std([r["test/acc"] for r in ok], 100)
+        wall = mean_std([r["wall_time_s"] for r in ok])
+        rows.append(f"| {impl} | {acc} | {wall} | {len(ok)}/{len(runs)} |")
     return "\n".join(rows)
 
 

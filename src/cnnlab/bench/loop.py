@@ -106,13 +106,16 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor)
     return correct / len(labels)
 
 
+def mean_std(values: list[float], scale: float = 1.0) -> str:
+    """``mean ± sample std`` of ``values`` (times ``scale``), one decimal; n/a when empty."""
+    if not values:
+        return "n/a"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values) * scale:.1f} ± {std * scale:.1f}"
+
+
 def summary_line(label: str, results: list[LoopResult]) -> str:
     """``label: train s mean±std, first step, test acc mean±std (n seeds)`` as a table row."""
-
-    def mean_std(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values) * scale:.{digits}f} ± {std * scale:.{digits}f}"
-
     return (
         f"| {label} | {mean_std([r.train_s for r in results])} | "
         f"{mean_std([r.first_step_s for r in results])} | "
