@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -148,12 +149,13 @@ class ImageClassificationDataModule(L.LightningDataModule):
             return
         data = self._load()
         normalizer = BatchNormalizer(self.pixel_max, self.mean, self.std)
-        augment = self.augment if self.augment.enabled else None
+        augment = partial(self.augment, pixel_max=self.pixel_max) if self.augment.enabled else None
+        erase = self.augment.after_normalize if self.augment.random_erasing.p else None
 
         def subset(split: Split, indices: torch.Tensor, train: bool = False) -> ImageDataset:
-            return ImageDataset(
-                split.images, split.labels, indices, normalizer, augment if train else None
-            )
+            if not train:
+                return ImageDataset(split.images, split.labels, indices, normalizer)
+            return ImageDataset(split.images, split.labels, indices, normalizer, augment, erase)
 
         if data.val is None:
             train_idx, val_idx = stratified_split(

@@ -31,6 +31,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class ImageDataset(Dataset[Batch]):
     """The ``indices`` of ``images``/``labels``, augmented and normalised a batch at a time.
 
+    ``augment`` sees the uint8 batch, ``after_normalize`` the normalised float one.
+
     A DataLoader over it needs ``collate_fn=collate_batch``, since batches arrive collated;
     ``dataset[i]`` still returns one ``(image, label)`` pair for plotting and inspection.
     """
@@ -42,12 +44,14 @@ class ImageDataset(Dataset[Batch]):
         indices: torch.Tensor,
         normalizer: BatchNormalizer,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        after_normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.images = images
         self.labels = labels
         self.indices = indices
         self.normalizer = normalizer
         self.augment = augment
+        self.after_normalize = after_normalize
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -57,7 +61,10 @@ class ImageDataset(Dataset[Batch]):
         images = self.images[rows]
         if self.augment is not None:
             images = self.augment(images)
-        return self.normalizer(images), self.labels[rows]
+        images = self.normalizer(images)
+        if self.after_normalize is not None:
+            images = self.after_normalize(images)
+        return images, self.labels[rows]
 
     def __getitem__(self, position: int) -> Batch:
         images, labels = self.__getitems__([position])
