@@ -88,7 +88,7 @@ def test_non_8bit_images_become_float_in_unit_range():
     reference = v2.TrivialAugmentWide()
     expected = torch.stack([reference(image) for image in images.float() / 16])
     assert out.dtype == torch.float32 and torch.equal(out, expected)
-    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert out.min() >= 0.0 and out.max() <= 1.0
 
 
 def test_augment_is_enabled_by_policies_and_off_by_default():

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cnnlab.data.dataset import ImageDataset, ImageSource, collate_batch
+from cnnlab.data.mixing import BatchMix, CutMixOptions, MixUpOptions, mix_options
 from cnnlab.data.splits import stratified_split
 from cnnlab.data.transforms import Augment, BatchNormalizer
 
@@ -82,6 +83,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         normalize: bool = True,
         augment: Augment | Mapping[str, Any] | None = None,
         limit_train_samples: int | None = None,
+        mixup: MixUpOptions | Mapping[str, Any] | None = None,
+        cutmix: CutMixOptions | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -101,6 +104,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.normalize = normalize
         self.augment = Augment.from_config(augment)
         self.limit_train_samples = limit_train_samples
+        self.mixup, self.cutmix = mix_options(mixup, cutmix)
         self._datasets: dict[str, ImageDataset] = {}
 
     # -- metadata -------------------------------------------------------------------------------
@@ -138,6 +142,13 @@ class ImageClassificationDataModule(L.LightningDataModule):
         if self.trainer is not None:
             return self.trainer.num_devices
         return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+    def batch_mix(self) -> BatchMix | None:
+        """MixUp/CutMix for training batches (applied by the LightningModule on the device), or
+        None when ``data.mixup.alpha`` and ``data.cutmix.alpha`` are both 0."""
+        if not (self.mixup.alpha > 0 or self.cutmix.alpha > 0):
+            return None
+        return BatchMix(self.num_classes, self.mixup, self.cutmix)
 
     # -- subclass hook --------------------------------------------------------------------------
     def _load(self) -> LoadedData:

@@ -65,6 +65,8 @@ def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> Classifi
         l2=float(cfg.get("l2", 0.0)),
         compile=compile_options(cfg.get("compile")),
         config=plain(cfg),
+        batch_mix=datamodule.batch_mix() if hasattr(datamodule, "batch_mix") else None,
+        channels_last=bool(cfg.get("channels_last", False)),
     )
 
 

@@ -40,7 +40,8 @@ class SoftmaxMSE(nn.Module):
     """Squared error between softmax probabilities and one-hot targets.
 
     Probabilities rather than raw logits keep the loss bounded and scale-free, which is the
-    classic "quadratic cost" this option exists to compare against cross-entropy.
+    classic "quadratic cost" this option exists to compare against cross-entropy. Class-
+    probability targets (MixUp/CutMix) are used as they are: the one-hot vector's soft twin.
     """
 
     def __init__(self, impl: str = "custom") -> None:
@@ -50,12 +51,17 @@ class SoftmaxMSE(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         probs = self.log_softmax(logits, dim=1).exp()
+        if target.is_floating_point():
+            return self.criterion(probs, target.to(probs.dtype))
         one_hot = F.one_hot(target, num_classes=logits.shape[1]).to(probs.dtype)
         return self.criterion(probs, one_hot)
 
 
 class LogSoftmaxNLL(nn.Module):
-    """Negative log-likelihood of ``log_softmax(logits)``: cross-entropy as two separate ops."""
+    """Negative log-likelihood of ``log_softmax(logits)``: cross-entropy as two separate ops.
+
+    NLL takes class indices only (as ``torch.nn.NLLLoss``), so MixUp/CutMix are refused with it
+    (``cnnlab.training.validate``); their soft targets need ``loss=cross_entropy`` or ``mse``."""
 
     def __init__(self, impl: str = "custom") -> None:
         super().__init__()

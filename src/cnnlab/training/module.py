@@ -24,6 +24,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from cnnlab.data.mixing import hard_labels
 from cnnlab.training.compile import CompileOptions
 from cnnlab.training.losses import weight_penalty
 
@@ -54,9 +55,19 @@ class ClassificationModule(L.LightningModule):
         l2: float = 0.0,
         compile: CompileOptions | None = None,
         config: Mapping[str, Any] | None = None,
+        batch_mix: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "loss", "config", "compile"], logger=False)
+        self.save_hyperparameters(
+            ignore=["model", "loss", "config", "compile", "batch_mix"], logger=False
+        )
+        #: MixUp/CutMix of training batches on their device (``cnnlab.data.mixing``), or None
+        self.batch_mix = batch_mix
+        #: NHWC model and batches; parameters keep the layout through ``.to(device)`` and loading
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.criterion = loss
         self.config = dict(config) if config is not None else None
@@ -110,6 +121,8 @@ class ClassificationModule(L.LightningModule):
         """Logits, data loss and the objective (what training minimises: the data loss plus
         the L1/L2 weight penalties). Validation and test report the data loss alone, so runs
         with different penalties compare."""
+        if self.memory_format is torch.channels_last:  # batches arrive NCHW from every loader
+            images = images.contiguous(memory_format=torch.channels_last)
         logits = self.model(images)
         loss = self.criterion(logits, labels)
         objective = loss
@@ -148,10 +161,12 @@ class ClassificationModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
+        if self.batch_mix is not None:  # soft targets for the loss; accuracy on hard labels
+            images, labels = self.batch_mix(images, labels)
         logits, _, loss = self.logits_and_loss(images, labels)
         # the weight made on the device: a Python number would be copied there each step
         self.train_loss(loss.detach(), weight=torch.full_like(loss.detach(), len(labels)))
-        self.train_acc(logits.argmax(dim=1), labels)
+        self.train_acc(logits.argmax(dim=1), hard_labels(labels))
         self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)

@@ -105,6 +105,12 @@ RULES: tuple[Rule, ...] = (
     Rule("optimizer.weight_decay", number(0), "a number >= 0"),
     Rule("optimizer.momentum", number(0), "a number >= 0"),
     Rule("loss.label_smoothing", number(0, 1), "a number in [0, 1]"),
+    Rule("data.mixup.alpha", number(0), "a number >= 0 (0 = off), e.g. 0.2"),
+    Rule("data.mixup.prob", number(0, 1), "a probability in [0, 1]"),
+    Rule("data.mixup.switch_prob", number(0, 1), "a probability in [0, 1]"),
+    Rule("data.cutmix.alpha", number(0), "a number >= 0 (0 = off), e.g. 1.0"),
+    Rule("data.augment.random_erasing.p", number(0, 1), "a probability in [0, 1]"),
+    Rule("channels_last", lambda v: isinstance(v, bool), "true or false"),
     Rule("l1", number(0), "a penalty >= 0"),
     Rule("l2", number(0), "a penalty >= 0"),
 )  # fmt: skip
@@ -141,6 +147,18 @@ def check_values(cfg: DictConfig) -> None:
             raise ConfigError(f"{rule.key}={value!r} is not valid: expected {rule.expected}.")
 
 
+def check_mixing_loss(cfg: DictConfig) -> None:
+    """MixUp/CutMix make class-probability targets, which NLL (class indices only) cannot take."""
+    alphas = [_value(cfg, key) for key in ("data.mixup.alpha", "data.cutmix.alpha")]
+    mixing = any(_is_number(alpha) and alpha > 0 for alpha in alphas)
+    target = str(_value(cfg, "loss._target_"))
+    if mixing and target.endswith("LogSoftmaxNLL"):
+        raise ConfigError(
+            "loss=nll takes class indices, but data.mixup/data.cutmix make soft targets: use "
+            "loss=cross_entropy or loss=mse, or set data.mixup.alpha=0 data.cutmix.alpha=0."
+        )
+
+
 def check_resume(cfg: DictConfig) -> None:
     """``ckpt_path`` must be a readable checkpoint whose stored config is allowed."""
     path = cfg.get("ckpt_path")
@@ -163,6 +181,7 @@ def validate_config(cfg: DictConfig, resume: bool = True) -> None:
     """
     check_missing(cfg)
     check_values(cfg)
+    check_mixing_loss(cfg)
     try:
         compile_options(cfg.get("compile"))
     except ValueError as err:
