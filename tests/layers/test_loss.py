@@ -74,6 +74,36 @@ def test_cross_entropy_probability_targets_gradcheck(reduction: str) -> None:
     assert torch.autograd.gradcheck(fn, (x, target))
 
 
+def mixed_targets(labels: torch.Tensor, classes: int, lam: float, cut: bool) -> torch.Tensor:
+    """Targets as torchvision's v2 MixUp / CutMix make them: each sample's one-hot mixed with its
+    neighbour's, by lam (MixUp) or by a box area per batch that leaves some pairs equal (CutMix)."""
+    one_hot = F.one_hot(labels, classes).to(torch.float64)
+    if cut:  # a 3x3 box of an 8x8 image pasted from the neighbour: lam = 1 - 9/64
+        lam = 1 - 9 / 64
+    return one_hot.roll(1, 0) * (1 - lam) + one_hot * lam
+
+
+@pytest.mark.parametrize(
+    ("cut", "smoothing", "weighted", "reduction"),
+    list(itertools.product([False, True], [0.0, 0.1], [False, True], REDUCTIONS)),
+)
+def test_cross_entropy_mixup_cutmix_targets_match_torch_and_gradcheck(
+    cut: bool, smoothing: float, weighted: bool, reduction: str
+) -> None:
+    """The soft targets MixUp/CutMix train with: forward, d/dlogits and d/dtarget in float64
+    equal torch's, label smoothing and class weights as torch defines them for probabilities
+    (smoothed target ``(1 - eps) * p + eps / C``, weights per class, mean over samples)."""
+    gen = torch.Generator().manual_seed(7)
+    labels = torch.randint(0, 5, (8,), generator=gen)
+    x = torch.randn(8, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    target = mixed_targets(labels, 5, lam=0.3, cut=cut).requires_grad_()
+    weight = torch.rand(5, dtype=torch.float64, generator=gen) + 0.5 if weighted else None
+    kwargs = {"weight": weight, "reduction": reduction, "label_smoothing": smoothing}
+    ours = lambda a, b: L.CrossEntropyLoss(**kwargs)(a, b)  # noqa: E731
+    compare(ours, lambda a, b: F.cross_entropy(a, b, **kwargs), x, target, rtol=1e-12, atol=1e-14)
+    assert torch.autograd.gradcheck(ours, (x, target))
+
+
 @pytest.mark.parametrize(
     ("reduction", "weighted"), list(itertools.product(REDUCTIONS, [False, True]))
 )
