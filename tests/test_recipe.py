@@ -274,3 +274,37 @@ def test_warmup_cosine_config_steps_per_optimizer_step_in_lightning(tmp_path):
     expected = [scheduler.lr_at(step, 1e-3) for step in range(20)]
     assert lrs == pytest.approx(expected, rel=1e-12)
     assert lrs[0] == pytest.approx(1e-5) and lrs[5] == pytest.approx(1e-3)
+
+
+def test_warmup_cosine_resumes_from_a_lightning_checkpoint(tmp_path):
+    """2 epochs, checkpoint, 2 more from it: the same learning rates, step for step, as 4 epochs
+    straight (the curve's length fixed by total_steps, as a resumed run with its config has)."""
+    scheduler = {
+        "_target_": "cnnlab.training.schedulers.WarmupCosineLR", "_partial_": True,
+        "total_steps": 20, "warmup_steps": 5, "min_lr": 1e-5, "interval": "step",
+    }  # fmt: skip
+    data = TensorDataset(torch.randn(40, 1, 8, 8), torch.arange(40) % 10)
+
+    def fit(epochs: int, ckpt_path=None, save=None) -> list[float]:
+        torch.manual_seed(0)
+        model = SeedCNN("builtin", in_shape=(1, 8, 8), num_classes=10, channels=[4, 4, 4], hidden=8)
+        module = ClassificationModule(
+            model=model, loss=CrossEntropy("builtin"), num_classes=10, optimizer=ADAM,
+            scheduler=scheduler,
+        )  # fmt: skip
+        lrs: list[float] = []
+        module.on_before_optimizer_step = lambda opt: lrs.append(opt.param_groups[0]["lr"])
+        trainer = L.Trainer(
+            max_epochs=epochs, logger=False, enable_checkpointing=False, accelerator="cpu",
+            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        )  # fmt: skip
+        trainer.fit(module, DataLoader(data, batch_size=8), ckpt_path=ckpt_path)
+        if save:
+            trainer.save_checkpoint(save)
+        return lrs
+
+    straight = fit(4)
+    ckpt = tmp_path / "half.ckpt"
+    first = fit(2, save=ckpt)
+    second = fit(4, ckpt_path=ckpt)
+    assert len(straight) == 20 and first + second == straight

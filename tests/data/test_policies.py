@@ -110,3 +110,12 @@ def test_augment_is_enabled_by_policies_and_off_by_default():
 def test_bad_policy_options_are_refused(config, message):
     with pytest.raises(ValueError, match=message):
         Augment.from_config(config)
+
+
+def test_random_erasing_probability_is_per_image():
+    torch.manual_seed(0)
+    images = torch.randn(400, 1, 8, 8) + 5  # no zeros of its own
+    out = Augment.from_config({"random_erasing": {"p": 0.25}}).after_normalize(images)
+    erased = (out == 0).flatten(1).any(1).float().mean().item()
+    assert 0.18 < erased < 0.32
+    assert torch.equal(out[(out != 0).flatten(1).all(1)], images[(out != 0).flatten(1).all(1)])

@@ -107,10 +107,21 @@ class RandomErasingOptions:
         if isinstance(self.value, str) and self.value != "random":
             raise ValueError(f'{where}.value must be a number, a list, or "random"')
 
-    def transform(self) -> v2.Transform | None:
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Erase a box in each image of a float NCHW batch with probability ``p``.
+
+        Which images are drawn here at once; v2's transform (with p=1) then erases only those,
+        since a v2 call costs ~0.15 ms even when its coin says no."""
         if not self.p:
-            return None
-        return v2.RandomErasing(p=self.p, scale=self.scale, ratio=self.ratio, value=self.value)
+            return images
+        chosen = (torch.rand(len(images)) < self.p).nonzero().flatten().tolist()
+        if not chosen:
+            return images
+        eraser = v2.RandomErasing(p=1.0, scale=self.scale, ratio=self.ratio, value=self.value)
+        images = images.clone()
+        for i in chosen:
+            images[i] = eraser(images[i])
+        return images
 
 
 def per_image(transform: v2.Transform, images: torch.Tensor) -> torch.Tensor:

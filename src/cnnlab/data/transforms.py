@@ -26,7 +26,6 @@ from cnnlab.data.policies import (
     TrivialAugmentOptions,
     apply_policies,
     options_from_config,
-    per_image,
 )
 
 
@@ -134,8 +133,7 @@ class Augment:
 
     def after_normalize(self, images: torch.Tensor) -> torch.Tensor:
         """What runs on the normalised float batch: RandomErasing, per image."""
-        eraser = self.random_erasing.transform()
-        return images if eraser is None else per_image(eraser, images)
+        return self.random_erasing(images)
 
 
 class BatchNormalizer:
