@@ -102,7 +102,7 @@ COMBOS = [
     ("sgd", "step", "mse"),
     ("momentum", "cosine", "nll"),
     ("nesterov", "onecycle", "cross_entropy"),
-    ("rmsprop", "none", "mse"),
+    ("rmsprop", "warmup_cosine", "mse"),
     ("adam", "step", "nll"),
     ("adamw", "onecycle", "cross_entropy"),
 ]
@@ -136,7 +136,8 @@ def test_fast_dev_run(compose_config, optimizer: str, scheduler: str, loss: str)
         assert trainer.accumulate_grad_batches == len(datamodule.train_dataloader()) > 1
     if scheduler != "none":
         (config,) = trainer.lr_scheduler_configs
-        assert config.interval == ("step" if scheduler == "onecycle" else "epoch")
+        per_step = scheduler in ("onecycle", "warmup_cosine")
+        assert config.interval == ("step" if per_step else "epoch")
 
 
 # -- the real CLI, in subprocesses ------------------------------------------------------------
