@@ -276,6 +276,7 @@ def test_warmup_cosine_config_steps_per_optimizer_step_in_lightning(tmp_path):
     assert lrs[0] == pytest.approx(1e-5) and lrs[5] == pytest.approx(1e-3)
 
 
+@pytest.mark.slow
 def test_warmup_cosine_resumes_from_a_lightning_checkpoint(tmp_path):
     """2 epochs, checkpoint, 2 more from it: the same learning rates, step for step, as 4 epochs
     straight (the curve's length fixed by total_steps, as a resumed run with its config has)."""
