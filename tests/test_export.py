@@ -136,6 +136,4 @@ def test_missing_onnx_packages_and_bad_formats_are_one_line(
         export_module.export(export_config(f"ckpt_path={trained}"), tmp_path / "x")
     assert str(caught.value) == "format=onnx needs onnxruntime: pip install 'cnnlab[export]'"
     with pytest.raises(export_module.ExportError, match="format=onnx or format=torchscript"):
-        export_module.export(
-            export_config(f"ckpt_path={trained}", "format=tflite"), tmp_path / "x"
-        )
+        export_module.export(export_config(f"ckpt_path={trained}", "format=tflite"), tmp_path / "x")

@@ -47,13 +47,14 @@ def tracked_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             mp.setenv(name, value)
         run = train_in_process(
             root / "outputs" / "train" / "runs" / "2026-01-01_00-00-00",
-            "logger=[csv,mlflow,wandb]",
+            "logger=[mlflow,wandb]",
             f"logger.mlflow.tracking_uri=sqlite:///{root}/store/mlflow.db",
             f"logger.mlflow.artifact_location={root}/store/artifacts",
             *QUICK,
         )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "ok"
+    assert (run / "csv" / "metrics.csv").is_file()  # the tracking loggers bring the CSV one along
     return {"run": run, "store": f"sqlite:///{root}/store/mlflow.db", "metrics": metrics}
 
 
@@ -153,12 +154,13 @@ def test_a_missing_tracking_package_is_one_line(compose_config, monkeypatch) -> 
     monkeypatch.setattr(
         tracking.importlib.util, "find_spec", lambda name: None if name == "mlflow" else real(name)
     )
-    cfg = compose_config("logger=[csv,mlflow]")
+    cfg = compose_config("logger=mlflow")
     with pytest.raises(InstantiationException) as caught:
         build_loggers(cfg)
     assert user_message(caught.value) == ("logger=mlflow needs mlflow: pip install 'cnnlab[track]'")
 
 
+@pytest.mark.slow
 def test_a_continued_run_goes_on_in_its_mlflow_run(tmp_path) -> None:
     store = f"sqlite:///{tmp_path}/mlflow.db"
     run_dir = str(tmp_path / "outputs" / "train" / "multiruns" / "2026-01-01_00-00-00" / "3")
