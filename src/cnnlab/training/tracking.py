@@ -196,6 +196,8 @@ class WandbLogger(_WandbLogger):
             log_model=log_model,
             **kwargs,
         )
+        if self._wandb_init.get("anonymous") is None:  # wandb warns about it even when unset
+            self._wandb_init.pop("anonymous", None)
 
     def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
         if not _keep_best_only(self._log_model, checkpoint_callback):
