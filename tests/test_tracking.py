@@ -165,6 +165,7 @@ def test_a_continued_run_goes_on_in_its_mlflow_run(tmp_path) -> None:
     store = f"sqlite:///{tmp_path}/mlflow.db"
     run_dir = str(tmp_path / "outputs" / "train" / "multiruns" / "2026-01-01_00-00-00" / "3")
     first = tracking.MLFlowLogger("exp", tracking_uri=store, run_dir=run_dir)
+    first.log_config({"trainer": {"max_epochs": 1}, "seed": 42})
     first.log_metrics({"val/acc": 0.5}, step=3)
     first.finalize("success")
     assert first.experiment.get_run(first.run_id).info.run_name == "2026-01-01_00-00-00/3"
@@ -175,6 +176,11 @@ def test_a_continued_run_goes_on_in_its_mlflow_run(tmp_path) -> None:
     again = tracking.MLFlowLogger("exp", tracking_uri=store, run_dir=run_dir)
     again.continue_from(4)
     assert again.run_id == first.run_id
+    # continued with trainer.max_epochs=2: params are write-once in MLflow, the change is a tag
+    again.log_config({"trainer": {"max_epochs": 2}, "seed": 42, "l2": 0.1})
     again.log_metrics({"val/acc": 0.75}, step=4)
+    run = again.experiment.get_run(first.run_id)
+    assert run.data.params == {"trainer.max_epochs": "1", "seed": "42", "l2": "0.1"}
+    assert run.data.tags["resumed.trainer.max_epochs"] == "2"
     history = again.experiment.get_metric_history(first.run_id, "val/acc")
     assert [(m.step, m.value) for m in history] == [(3, 0.5), (4, 0.75)]

@@ -136,6 +136,7 @@ class MLFlowLogger(_MLFlowLogger):
         )
         if runs:
             self._run_id = runs[0].info.run_id
+            self._continued = True
             client.update_run(self._run_id, status="RUNNING")
             log.info("MLflow: continuing run %s from step %d", self._run_id, step)
 
@@ -145,7 +146,18 @@ class MLFlowLogger(_MLFlowLogger):
 
     @rank_zero_only
     def log_config(self, config: Mapping[str, Any]) -> None:
-        self.log_hyperparams(flat_config(config))
+        """The config as params; in a continued run, values changed by the new overrides
+        (``trainer.max_epochs=20``) become ``resumed.<key>`` tags, since MLflow params are
+        write-once."""
+        params = flat_config(config)
+        if getattr(self, "_continued", False):
+            logged = self.experiment.get_run(self.run_id).data.params
+            changed = {k: v for k, v in params.items() if k in logged and logged[k] != str(v)[:250]}
+            for key, value in changed.items():
+                self.experiment.set_tag(self.run_id, f"resumed.{key}", str(value)[:5000])
+            params = {k: v for k, v in params.items() if k not in logged}
+        if params:
+            self.log_hyperparams(params)
 
     @rank_zero_only
     def log_run_files(self) -> None:
