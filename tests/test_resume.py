@@ -165,7 +165,7 @@ def test_resume_2_plus_2_epochs_is_bit_identical_to_4(tmp_path: Path) -> None:
         "scheduler.step_size=1",
         "scheduler.gamma=0.7",
         "callbacks=early_stopping",
-        "logger=many",
+        "logger=[csv,tensorboard]",
     )
     full, half = tmp_path / "full", tmp_path / "half"
     straight, straight_module, _ = _train(full, *setup, "trainer.max_epochs=4")

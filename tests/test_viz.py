@@ -83,7 +83,7 @@ def test_plots_go_to_tensorboard_when_the_run_logs_there(tmp_path) -> None:
     run = train_run(
         tmp_path / "tb_run",
         *SMALL,
-        "logger=many",
+        "logger=[csv,tensorboard]",
         "trainer=cpu",
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=3",

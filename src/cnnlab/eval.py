@@ -37,6 +37,7 @@ from cnnlab.training.builders import (
 from cnnlab.training.ddp import use_job_subprocess_command
 from cnnlab.training.errors import user_errors_as_messages
 from cnnlab.training.results import format_metrics, write_metrics
+from cnnlab.training.tracking import finish_tracking, start_tracking
 from cnnlab.training.validate import validate_config
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,11 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
     datamodule = build_datamodule(run_cfg)
     module = build_module(run_cfg, datamodule)
     load_weights(module, checkpoint["state_dict"], ckpt_file)
-    trainer = build_trainer(run_cfg, datamodule, callbacks=[], loggers=build_loggers(run_cfg))
+    loggers = build_loggers(run_cfg)
+    start_tracking(loggers, plain(run_cfg))  # logger=mlflow|wandb: this evaluation's config
+    trainer = build_trainer(run_cfg, datamodule, callbacks=[], loggers=loggers)
     (metrics,) = trainer.test(module, datamodule=datamodule)
+    finish_tracking(loggers)
     if rank_zero_only.rank == 0:
         write_metrics(
             run_cfg.paths.output_dir,

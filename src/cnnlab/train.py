@@ -36,6 +36,7 @@ from cnnlab.training.builders import (
     build_loggers,
     build_module,
     build_trainer,
+    plain,
 )
 from cnnlab.training.callbacks import NonFiniteLossError
 from cnnlab.training.ddp import isolated_job, use_job_subprocess_command
@@ -43,6 +44,7 @@ from cnnlab.training.errors import user_errors_as_messages
 from cnnlab.training.module import ClassificationModule
 from cnnlab.training.results import format_metrics, write_metrics
 from cnnlab.training.resume import continue_logs, resolve_checkpoint, resume_argv, run_folder_of
+from cnnlab.training.tracking import finish_tracking, start_tracking
 from cnnlab.training.validate import validate_config
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], ClassificationModule, L.Ligh
     )
     if continuing:  # the same run, continued in its own folder
         continue_logs(loggers, ckpt_path)
+    start_tracking(loggers, plain(cfg))  # MLflow / W&B: the run's config as params
     trainer = build_trainer(cfg, datamodule, build_callbacks(cfg), loggers)
     trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
@@ -157,6 +160,7 @@ def run(cfg: DictConfig) -> float:
 
     if rank_zero_only.rank == 0:
         render_plots(cfg, module, datamodule)
+        finish_tracking(module.loggers)  # MLflow / W&B: upload the plots, close the run
         log.info("Test metrics:\n%s\nRun folder: %s", format_metrics(metrics), run_dir)
     record("ok", metrics, confusion_matrix=module.test_confusion_matrix)
     return float(metrics.get("val/acc_best", math.nan))

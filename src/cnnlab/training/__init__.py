@@ -7,3 +7,7 @@
 - ``results``   -- ``metrics.json``, the per-run summary; ``summary`` -- the per-sweep table.
 - ``ddp``       -- DDP child processes that re-run one Hydra job, also inside ``-m`` sweeps.
 """
+
+from cnnlab.training.progress import register_resolvers
+
+register_resolvers()  # ${cnnlab.if_tty:...} in conf/callbacks/default.yaml

@@ -23,6 +23,7 @@ from cnnlab.layers import IMPLS
 from cnnlab.training.compile import compile_options
 from cnnlab.training.errors import UserError
 from cnnlab.training.module import ClassificationModule, is_full_batch
+from cnnlab.training.progress import honour_trainer_switches
 from cnnlab.training.safe_config import check_config
 from cnnlab.training.sync_batchnorm import sync_batchnorm_options
 from cnnlab.training.validate import validate_config
@@ -78,7 +79,7 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
 
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
-    return _instantiate_group(cfg.get("callbacks"))
+    return honour_trainer_switches(_instantiate_group(cfg.get("callbacks")), cfg.get("trainer"))
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
