@@ -50,7 +50,7 @@ GRIDS = {
     "momentum": SGD_GRID,
     "nesterov": SGD_GRID,
     "rmsprop": RMSPROP_GRID,
-    "adam": ADAM_GRID + [{"decoupled_weight_decay": True, "weight_decay": 0.1}],
+    "adam": [*ADAM_GRID, {"decoupled_weight_decay": True, "weight_decay": 0.1}],
     "adamw": ADAM_GRID,
 }
 
