@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
             f"command: cnnlab-bench {shlex.join(argv)}",
             f"step: optimizer.step() over {args.model}'s parameters (CIFAR-10 shapes) with fixed "
             f"random gradients, {args.device} fp32; torch.optim with foreach=True; median of "
-            f"{args.repeats} timed steps after {args.warmup} warm-up steps, the two taking turns",
+            f"{args.repeats} timed steps after {args.warmup} warm-up steps, the two taking turns "
+            "(min: the fastest step of each)",
         ]
         print("\n".join(header), flush=True)
         _write(args, header, run_optim(args))
