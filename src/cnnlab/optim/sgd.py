@@ -98,8 +98,13 @@ class SGD(HandWritten):
             g = with_weight_decay(g, p, weight_decay, owned=maximize)
             if momentum != 0:
                 v = self._momentum_buffers(p, v, g, momentum, dampening)
-                # Nesterov: d = g + μ v (a new list: g may be the parameters' own .grad)
-                d = torch._foreach_add(g, v, alpha=momentum) if nesterov else v
+                d = v
+                if nesterov:  # d = g + μ v, in place only where g is not the weights' own .grad
+                    if maximize or weight_decay != 0:
+                        torch._foreach_add_(g, v, alpha=momentum)
+                        d = g
+                    else:
+                        d = torch._foreach_add(g, v, alpha=momentum)
             else:
                 d = g
             torch._foreach_add_(p, d, alpha=-lr)  # θ ← θ - η d
