@@ -187,3 +187,14 @@ def test_ddp_with_custom_optimizer(run_cli, tmp_path: Path) -> None:
     assert record["test/loss"] < LOG_10, record
     state = _ckpt(run)["optimizer_states"][0]["state"][0]
     assert set(state) == {"step", "exp_avg", "exp_avg_sq"} and state["step"] == 2 * 6
+
+
+def test_a_custom_run_config_passes_the_checkpoint_allow_list() -> None:
+    """A stored optimizer config keeps torch.optim's target (or names cnnlab.optim's class):
+    both pass safe_config, so cnnlab-eval and resume rebuild such a run."""
+    from cnnlab.training.safe_config import UnsafeConfigError, check_config
+
+    for target in ("torch.optim.Adam", "cnnlab.optim.Adam", "cnnlab.optim.RMSProp"):
+        check_config({"optimizer": {"_target_": target, "impl": "custom"}}, "run.ckpt")
+    with pytest.raises(UnsafeConfigError, match="is not a class"):
+        check_config({"optimizer": {"_target_": "cnnlab.optim.optimizer_class"}}, "run.ckpt")
