@@ -34,6 +34,7 @@ COLUMNS = (
     "impl",
     "model",
     "optimizer",
+    "optimizer_impl",
     "val/acc_best",
     "test/acc",
     "test/f1",
@@ -53,9 +54,14 @@ def job_rows(folder: Path) -> list[dict]:
     for row in rows:
         metrics_file = folder / row["job"] / METRICS_FILE
         record = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        for key in ("impl", "model", "optimizer"):
+        for key in ("impl", "model", "optimizer", "optimizer_impl"):
             row[key] = record.get(key)
     return rows
+
+
+def _short(key: str) -> str:
+    """``optimizer.lr`` -> ``lr``; ``optimizer.impl`` stays whole (``impl`` is the layers')."""
+    return key if key.endswith(".impl") else key.split(".")[-1]
 
 
 def label_settings(rows: list[dict]) -> list[str]:
@@ -64,9 +70,7 @@ def label_settings(rows: list[dict]) -> list[str]:
     keys = sorted({k for p in parsed for k in p} - set(IMPL_KEYS))
     swept = [k for k in keys if len({p.get(k) for p in parsed}) > 1]
     for row, p in zip(rows, parsed, strict=True):
-        row["setting"] = (
-            " ".join(f"{k.split('.')[-1]}={p.get(k, '-')}" for k in swept) or "all jobs"
-        )
+        row["setting"] = " ".join(f"{_short(k)}={p.get(k, '-')}" for k in swept) or "all jobs"
     return swept
 
 

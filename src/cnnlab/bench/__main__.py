@@ -1,5 +1,6 @@
-"""Command line: ``cnnlab-bench layers ...`` (layer by layer) and ``cnnlab-bench step ...``
-(one whole training step, eager and compiled)."""
+"""Command line: ``cnnlab-bench layers ...`` (layer by layer), ``cnnlab-bench step ...``
+(one whole training step, eager and compiled) and ``cnnlab-bench optim ...`` (one optimizer
+step, cnnlab.optim vs torch.optim)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from cnnlab.bench.cases import CASES
 from cnnlab.bench.layers import run_case, settings
 from cnnlab.bench.loop import add_arguments as add_loop_arguments
 from cnnlab.bench.loop import run as run_loop
+from cnnlab.bench.optim import add_arguments as add_optim_arguments
+from cnnlab.bench.optim import run as run_optim
 from cnnlab.bench.report import machine_lines, table, write_markdown
 from cnnlab.bench.step import (
     COMPILE_MODES,
@@ -99,9 +102,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_loop_arguments(loop)
     _common(loop, batch=64, repeats=1, warmup=0)
 
+    optim = commands.add_parser(
+        "optim", help="one optimizer step over a model's parameters, cnnlab.optim vs torch.optim"
+    )
+    add_optim_arguments(optim)
+
     args = parser.parse_args(argv)
     for name in ("batch", "repeats", "threads"):
-        if getattr(args, name) < 1:
+        if getattr(args, name, 1) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.warmup < 0:
         parser.error(f"--warmup must be 0 or more, got {args.warmup}")
@@ -191,6 +199,17 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     if args.command == "layers":
         run_layers(args)
+    elif args.command == "optim":
+        header = machine_lines(args.threads, use_cuda=args.device == "cuda")
+        header += [
+            f"command: cnnlab-bench {shlex.join(argv)}",
+            f"step: optimizer.step() over {args.model}'s parameters (CIFAR-10 shapes) with fixed "
+            f"random gradients, {args.device} fp32; torch.optim with foreach=True; median of "
+            f"{args.repeats} timed steps after {args.warmup} warm-up steps, the two taking turns "
+            "(min: the fastest step of each)",
+        ]
+        print("\n".join(header), flush=True)
+        _write(args, header, run_optim(args))
     elif args.command == "loop":
         header = [*machine_lines(args.threads, use_cuda=args.device == "cuda")]
         header.append(f"command: cnnlab-bench {shlex.join(argv)}")

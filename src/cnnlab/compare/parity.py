@@ -59,16 +59,24 @@ def train_parity(
     to: Callable,
     autocast: Callable[[], contextlib.AbstractContextManager],
     max_batches: int | None = None,
+    make_optimizer: Callable[[str, nn.Module], torch.optim.Optimizer] | None = None,
+    full_batch: bool = False,
 ) -> ParityHistory:
     """SGD both twins for ``epochs`` epochs on the data module's train split, evaluating on val.
 
     ``to(images, labels)`` moves a batch to the compared device and dtype; ``max_batches`` cuts
-    each epoch short (a CIFAR epoch is long on a CPU).
+    each epoch short (a CIFAR epoch is long on a CPU). ``make_optimizer(impl, model)`` replaces
+    the SGD (``cnnlab-compare mode=optim`` gives each side its own optimizer); ``full_batch``
+    accumulates the mean gradient of the epoch's batches and steps once at its end (GD).
     """
-    optimizers = {
-        impl: torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-        for impl, (model, _) in twins.items()
-    }
+    if make_optimizer is None:
+
+        def make_optimizer(impl: str, model: nn.Module) -> torch.optim.Optimizer:
+            return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+
+    optimizers = {impl: make_optimizer(impl, model) for impl, (model, _) in twins.items()}
+    batches = len(datamodule.train_dataloader())
+    accumulate = min(batches, max_batches or batches) if full_batch else 1
     history = ParityHistory({impl: [] for impl in twins}, {impl: [] for impl in twins})
     torch.manual_seed(seed)  # fixes the shuffling order of the train loader
     step = 0
@@ -78,12 +86,13 @@ def train_parity(
             for impl, (model, loss_fn) in twins.items():
                 torch.manual_seed(seed + step)
                 model.train()
-                optimizers[impl].zero_grad(set_to_none=True)
                 with autocast():
                     logits = model(images)
                     loss = loss_fn(logits, labels)
-                loss.backward()
-                optimizers[impl].step()
+                (loss / accumulate).backward()
+                if (step + 1) % accumulate == 0:
+                    optimizers[impl].step()
+                    optimizers[impl].zero_grad(set_to_none=True)
                 history.step_loss[impl].append(loss.item())
                 history.step_acc[impl].append(
                     (logits.argmax(dim=1) == labels).float().mean().item()

@@ -67,7 +67,9 @@ def _layers_section(
     )
 
 
-def _parity_section(history: parity.ParityHistory, tol: float, out_dir: Path, caption: str) -> str:
+def _parity_section(
+    history: parity.ParityHistory, tol: float, out_dir: Path, caption: str, intro: str | None
+) -> str:
     first, largest = parity.first_divergence(history, tol)
     parity.plot_parity(
         history, out_dir / "parity.png", f"Training parity: custom vs built-in ({caption})"
@@ -86,7 +88,7 @@ def _parity_section(history: parity.ParityHistory, tol: float, out_dir: Path, ca
         )
     return (
         "## Training parity\n\n"
-        "Both impls start from the same weights and see the same batches (SGD).\n\n"
+        f"{intro or 'Both impls start from the same weights and see the same batches (SGD).'}\n\n"
         f"{verdict}\n\n"
         "Final epoch:\n\n"
         + markdown_table(parity.final_rows(history), PARITY_TABLE)
@@ -101,6 +103,7 @@ def write_report(
     layers: tuple[list[dict], dict] | None,
     history: parity.ParityHistory | None,
     tol: float,
+    parity_intro: str | None = None,
 ) -> Path:
     """Write every file of the report; returns the path of ``report.md``."""
     caption = f"{settings['device']}, {settings['dtype']}"
@@ -115,7 +118,7 @@ def write_report(
         all_rows = [*rows, step]
         write_csv(all_rows, columns_of(all_rows), out_dir / "report.csv")
     if history is not None:
-        sections.append(_parity_section(history, tol, out_dir, caption))
+        sections.append(_parity_section(history, tol, out_dir, caption, parity_intro))
         if layers is None:
             write_csv(parity.final_rows(history), PARITY_TABLE, out_dir / "report.csv")
     path = out_dir / "report.md"

@@ -25,13 +25,14 @@ from torchmetrics.classification import (
 )
 
 from cnnlab.data.mixing import hard_labels
+from cnnlab.optim import optimizer_class
 from cnnlab.training.compile import CompileOptions
 from cnnlab.training.losses import weight_penalty
 
 log = logging.getLogger(__name__)
 
 #: keys in the optimizer/scheduler configs that steer cnnlab, not the torch constructors
-_OPTIMIZER_KEYS = ("full_batch",)
+_OPTIMIZER_KEYS = ("full_batch", "impl")
 _SCHEDULER_KEYS = ("interval",)
 
 
@@ -206,6 +207,8 @@ class ClassificationModule(L.LightningModule):
     # -- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         optimizer_cfg = _without(self.hparams.optimizer, _OPTIMIZER_KEYS)
+        # optimizer.impl=custom builds the hand-written twin (no impl: a run from before it)
+        optimizer_cfg["_target_"] = optimizer_class(self.hparams.optimizer)
         optimizer = instantiate(optimizer_cfg)(params=self.parameters())
         scheduler_cfg = self.hparams.scheduler
         if not scheduler_cfg:

@@ -67,6 +67,7 @@ def write_metrics(
         "model": _choice(cfg, "model"),
         "data": _choice(cfg, "data"),
         "optimizer": _choice(cfg, "optimizer"),
+        "optimizer_impl": (cfg.get("optimizer") or {}).get("impl", "builtin"),
         **{key: _number(metrics.get(key)) for key in RESULT_KEYS},
         "wall_time_s": round(wall_time_s, 3),
         **extra,

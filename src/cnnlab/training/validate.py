@@ -18,6 +18,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cnnlab.layers import IMPLS
+from cnnlab.optim import IMPLS as OPTIMIZER_IMPLS
+from cnnlab.optim import optimizer_class
 from cnnlab.training.compile import compile_options
 from cnnlab.training.errors import UserError
 
@@ -101,6 +103,7 @@ RULES: tuple[Rule, ...] = (
     Rule("data.channels", lambda v: v in (None, 1, 3) and not isinstance(v, bool), "null (from the images), 1 or 3"),
     Rule("model.impl", lambda v: v in IMPLS, "custom (hand-written layers) or builtin (torch.nn)"),
     Rule("model.dropout", number(0, 1, high_open=True), "a probability in [0, 1)"),
+    Rule("optimizer.impl", lambda v: v in OPTIMIZER_IMPLS, "custom (cnnlab.optim, the update written out) or builtin (torch.optim)"),
     Rule("optimizer.lr", number(0), "a learning rate >= 0, e.g. optimizer.lr=1e-3"),
     Rule("optimizer.weight_decay", number(0), "a number >= 0"),
     Rule("optimizer.momentum", number(0), "a number >= 0"),
@@ -159,6 +162,17 @@ def check_mixing_loss(cfg: DictConfig) -> None:
         )
 
 
+def check_optimizer(cfg: DictConfig) -> None:
+    """``optimizer.impl=custom`` needs a hand-written twin of the configured optimizer."""
+    optimizer = cfg.get("optimizer")
+    if optimizer is None or "_target_" not in optimizer:
+        return
+    try:
+        optimizer_class(OmegaConf.to_container(optimizer, resolve=True))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def check_resume(cfg: DictConfig) -> None:
     """``ckpt_path`` must be a readable checkpoint whose stored config is allowed."""
     path = cfg.get("ckpt_path")
@@ -182,6 +196,7 @@ def validate_config(cfg: DictConfig, resume: bool = True) -> None:
     check_missing(cfg)
     check_values(cfg)
     check_mixing_loss(cfg)
+    check_optimizer(cfg)
     try:
         compile_options(cfg.get("compile"))
     except ValueError as err:
