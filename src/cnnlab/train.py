@@ -189,7 +189,7 @@ def main() -> None:
     sys.argv[1:] = rank_argv(resume_argv(sys.argv[1:]))  # rank_argv: torchrun/srun ranks > 0
     # conf/hydra/launcher/submitit_*.yaml replace the plugin's configs of the same name (full
     # files, so valid with or without Hydra's deprecated same-name schema check)
-    warnings.filterwarnings("ignore", r"'hydra/launcher/submitit_\w+' is validated against")
+    warnings.filterwarnings("ignore", r"\s*'hydra/launcher/submitit_\w+' is validated against")
     _hydra_main()
 
 

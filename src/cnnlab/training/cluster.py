@@ -66,10 +66,17 @@ def rank_overrides(overrides: Sequence[str], rank: int) -> list[str]:
 
 
 def rank_argv(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> list[str]:
-    """The command line of a process that ``torchrun``/``srun`` started: unchanged on rank 0."""
-    flags = [a for a in argv if a.startswith("-")]
-    rest = [a for a in argv if not a.startswith("-")]
-    return [*flags, *rank_overrides(rest, launcher_rank(environ))]
+    """The command line of a process that ``torchrun``/``srun`` started: unchanged on rank 0;
+    on other ranks ``NON_ZERO_RANK_OVERRIDES`` go right after the last override (argparse takes
+    the overrides as one run of positional arguments)."""
+    argv = list(argv)
+    rank = launcher_rank(environ)
+    overrides = [a for a in argv if not a.startswith("-") and "=" in a]
+    extra = rank_overrides(overrides, rank)[len(overrides) :]
+    if not extra:
+        return argv
+    at = max((i + 1 for i, a in enumerate(argv) if a in overrides), default=0)
+    return [*argv[:at], *extra, *argv[at:]]
 
 
 def check_resources(params: Mapping[str, Any]) -> None:

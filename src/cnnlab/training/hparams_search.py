@@ -144,17 +144,17 @@ def _open_study(impl: Any) -> optuna.Study:
 
 
 def _write_results(impl: Any, study: optuna.Study) -> None:
-    """The best trial (when the plugin did not write it: nothing left to run) and the plot."""
+    """Best trial of the whole study (what the plugin writes too, also when nothing was left to
+    run) and the history plot; a multi-objective study keeps the plugin's Pareto front."""
     if len(study.directions) != 1:
         return
     sweep_dir = Path(str(impl.config.hydra.sweep.dir))
-    if not (sweep_dir / RESULTS_FILE).is_file():
-        try:
-            best = study.best_trial
-        except ValueError:  # no trial completed
-            return
-        results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
-        OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
+    try:
+        best = study.best_trial
+    except ValueError:  # no trial completed
+        return
+    results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
+    OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
     metric = str(impl.config.get("optimized_metric") or "Objective Value")
     plot = save_history_plot(study, sweep_dir / HISTORY_PLOT, metric)
     if plot:
