@@ -14,9 +14,12 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
+from hydra._internal.callbacks import Callbacks
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
 from hydra.errors import InstantiationException
+from hydra.types import HydraContext
 from hydra.utils import instantiate
 from lightning.fabric.plugins.environments import (
     LightningEnvironment,
@@ -29,7 +32,9 @@ from cnnlab.paths import CONF_DIR
 from cnnlab.training import cluster
 from cnnlab.training.errors import UserError
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*validated against ConfigStore schema")
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:\s*'hydra/launcher/submitit_\w+' is validated against"
+)
 
 QUICK = (
     "trainer=cpu",
@@ -40,24 +45,33 @@ QUICK = (
 )
 
 
-def _launcher(tmp_path: Path, *overrides: str):
-    """The launcher `hydra/launcher=...` builds, in a job whose run folder is `sweep/3`."""
+def _launcher(tmp_path: Path, *overrides: str, job_started: bool = True):
+    """The launcher `hydra/launcher=...` builds, set up as in a sweep writing to `sweep/`; with
+    `job_started`, inside job 3 (Hydra set up, run folder `sweep/3`)."""
     GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None  # as in the process that submits a sweep
+    sweep = f"hydra.sweep.dir={tmp_path / 'sweep'}"
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+        cfg = compose("train", overrides=[*overrides, sweep], return_hydra_config=True)
+        loader = GlobalHydra.instance().hydra.config_loader
+        launcher = instantiate(cfg.hydra.launcher)
+        context = HydraContext(config_loader=loader, callbacks=Callbacks(cfg))
+        launcher.setup(hydra_context=context, task_function=lambda _: None, config=cfg)
+        state = Singleton.get_state()
     GlobalHydra.instance().clear()
-    with open_dict(cfg):
-        cfg.hydra.sweep.dir = str(tmp_path / "sweep")
-        cfg.hydra.runtime.output_dir = str(tmp_path / "sweep" / "3")
-    HydraConfig.instance().set_config(cfg)
-    return instantiate(cfg.hydra.launcher)
+    if job_started:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(tmp_path / "sweep" / "3")
+        HydraConfig.instance().set_config(cfg)
+    return launcher, state
 
 
-def test_a_requeued_job_continues_from_its_last_checkpoint(tmp_path: Path) -> None:
-    launcher = _launcher(tmp_path, "hydra/launcher=submitit_local")
+@pytest.mark.parametrize("job_started", [True, False])
+def test_a_requeued_job_continues_from_its_last_checkpoint(tmp_path: Path, job_started) -> None:
+    launcher, state = _launcher(tmp_path, "hydra/launcher=submitit_local", job_started=job_started)
     assert type(launcher).__module__ == "hydra_plugins.cnnlab_plugins.submitit_launcher"
     job = ["model.impl=custom", "optimizer=sgd"]
-    args = ("hydra.sweep.dir", 3, "job_id_for_3", {})
+    args = ("hydra.sweep.dir", 3, "job_id_for_3", state)
 
     # stopped in its first epoch: no last.ckpt yet, so the same job starts over
     delayed = launcher.checkpoint(job, *args)  # what submitit calls before requeueing
@@ -75,7 +89,7 @@ def test_a_requeued_job_continues_from_its_last_checkpoint(tmp_path: Path) -> No
 
 
 def test_slurm_job_size_follows_the_trainer(tmp_path: Path) -> None:
-    launcher = _launcher(
+    launcher, _ = _launcher(
         tmp_path,
         "hydra/launcher=submitit_slurm",
         "hydra.launcher.partition=gpu",

@@ -31,15 +31,39 @@ if _upstream is not None:
             rank = submitit.JobEnvironment().global_rank
             return super().__call__(rank_overrides(sweep_overrides, rank), *args, **kwargs)
 
-        def checkpoint(self, sweep_overrides: list[str], *args: Any, **kwargs: Any) -> Any:
-            """Called by submitit before it requeues a preempted or timed-out job."""
-            from hydra.core.hydra_config import HydraConfig
-
+        def checkpoint(
+            self,
+            sweep_overrides: list[str],
+            job_dir_key: str,
+            job_num: int,
+            job_id: str,
+            singleton_state: dict[Any, Any],
+        ) -> Any:
+            """Called by submitit before it requeues a preempted or timed-out job (possibly
+            before the job got as far as setting up Hydra)."""
             from cnnlab.training.cluster import resume_overrides
 
-            run_dir = HydraConfig.get().runtime.output_dir
+            run_dir = self._run_dir(sweep_overrides, job_dir_key, job_num, singleton_state)
             overrides = resume_overrides(sweep_overrides, run_dir)
-            return super().checkpoint(overrides, *args, **kwargs)
+            return super().checkpoint(overrides, job_dir_key, job_num, job_id, singleton_state)
+
+        def _run_dir(
+            self, overrides: list[str], job_dir_key: str, job_num: int, singleton_state: Any
+        ) -> str:
+            """The job's run folder: the running job's, else composed the way ``__call__`` and
+            ``run_job`` would (the signal came before the job set Hydra up)."""
+            from hydra.core.hydra_config import HydraConfig
+            from hydra.core.singleton import Singleton
+            from omegaconf import OmegaConf, open_dict
+
+            if HydraConfig.initialized():
+                return str(HydraConfig.get().runtime.output_dir)
+            Singleton.set_state(singleton_state)
+            config = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+            with open_dict(config.hydra.job):
+                config.hydra.job.num = job_num
+            sweep_dir = OmegaConf.select(config, job_dir_key)
+            return f"{sweep_dir}/{OmegaConf.select(config, 'hydra.sweep.subdir')}"
 
     class SlurmLauncher(_Continuing, _upstream.SlurmLauncher):
         """Each job of a ``-m`` sweep is one SLURM job (``nodes`` x ``tasks_per_node`` tasks)."""
