@@ -81,11 +81,10 @@ def test_a_requeued_job_continues_from_its_last_checkpoint(tmp_path: Path, job_s
     last.parent.mkdir(parents=True)
     last.write_bytes(b"")
     delayed = launcher.checkpoint(job, *args)
-    run_dir = str(last.parent.parent.resolve())
-    assert delayed.args == ([*job, f"ckpt_path={run_dir}"], *args)
-    # requeued again: still one ckpt_path, the run folder (train() continues it in place)
-    again = launcher.checkpoint(delayed.args[0], *args)
-    assert [o for o in again.args[0] if o.startswith("ckpt_path=")] == [f"ckpt_path={run_dir}"]
+    resume = f"ckpt_path={last.resolve()}"  # train() continues the run in its own folder
+    assert delayed.args == ([*job, resume], *args)
+    again = launcher.checkpoint(delayed.args[0], *args)  # requeued again: still one ckpt_path
+    assert [o for o in again.args[0] if o.startswith("ckpt_path=")] == [resume]
 
 
 def test_slurm_job_size_follows_the_trainer(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ Lightning doing the work.
 - A preempted or timed-out SLURM job is requeued by submitit, which first asks the launcher's
   ``checkpoint()`` for the job to resubmit. cnnlab's launcher
   (``hydra_plugins.cnnlab_plugins.submitit_launcher``) resubmits the same job with
-  ``ckpt_path=<its run folder>`` once that folder has a ``last.ckpt``, so the requeued job
-  continues the run in place (``training/resume.py``) instead of starting over.
+  ``ckpt_path=<its run folder>/checkpoints/last.ckpt`` once that file exists: the last.ckpt of
+  the job's own folder, so the requeued job continues the run in place (``train.py``,
+  ``training/resume.py``) instead of starting over.
 - Every process of a multi-process job runs the whole entry point; only rank 0 writes the run
   folder's ``.hydra/`` and log file, the others log to stdout (as Lightning's own DDP children
   do, ``ddp.py``).
@@ -37,12 +38,13 @@ def _key(override: str) -> str:
 
 def resume_overrides(overrides: Sequence[str], run_dir: str | Path) -> list[str]:
     """``overrides`` of a job about to be requeued, made to continue ``run_dir``: its
-    ``ckpt_path`` is the run folder once ``checkpoints/last.ckpt`` exists there (else the job
+    ``ckpt_path`` is the run folder's ``checkpoints/last.ckpt`` once that exists (else the job
     starts over: it was stopped before its first epoch ended)."""
-    if not (Path(run_dir) / "checkpoints" / LAST).is_file():
+    last = Path(run_dir) / "checkpoints" / LAST
+    if not last.is_file():
         return list(overrides)
     kept = [o for o in overrides if _key(o) != "ckpt_path"]
-    return [*kept, f"ckpt_path={Path(run_dir).resolve()}"]
+    return [*kept, f"ckpt_path={last.resolve()}"]
 
 
 def launcher_rank(environ: Mapping[str, str] | None = None) -> int:
