@@ -26,11 +26,12 @@ from lightning.fabric.plugins.environments import (
     SLURMEnvironment,
     TorchElasticEnvironment,
 )
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from cnnlab.paths import CONF_DIR
 from cnnlab.training import cluster
 from cnnlab.training.errors import UserError
+from training_helpers import train_in_process
 
 pytestmark = pytest.mark.filterwarnings(
     r"ignore:\s*'hydra/launcher/submitit_\w+' is validated against"
@@ -213,3 +214,17 @@ def test_submitit_local_sweep_runs_each_job_and_summarises(run_cli, tmp_path: Pa
     # same seed, init and data: both layer implementations reach the same accuracy
     custom, builtin = (float(r["test/acc"]) for r in rows)
     assert custom == pytest.approx(builtin, abs=0.02)
+
+    # job 0 preempted now: what submitit resubmits continues the run in its own folder
+    launcher, state = _launcher(tmp_path, "hydra/launcher=submitit_local", job_started=False)
+    job = list(OmegaConf.load(sweep / "0" / ".hydra" / "overrides.yaml"))
+    delayed = launcher.checkpoint(job, "hydra.sweep.dir", 0, "job_id_for_0", state)
+    resubmitted = delayed.args[0]
+    last = (sweep / "0" / "checkpoints" / "last.ckpt").resolve()
+    assert resubmitted == [*job, f"ckpt_path={last}"]
+    train_in_process(sweep / "0", *resubmitted, "trainer.max_epochs=2")  # an epoch was left
+    record = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert record["status"] == "ok" and record["resumed_from"] == str(last)
+    with (sweep / "0" / "csv" / "metrics.csv").open() as f:
+        epochs = {row["epoch"] for row in csv.DictReader(f) if row.get("val/acc")}
+    assert epochs == {"0", "1"}  # the history continued in place
