@@ -26,6 +26,7 @@ from lightning.fabric.plugins.environments import (
     SLURMEnvironment,
     TorchElasticEnvironment,
 )
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import OmegaConf, open_dict
 
 from cnnlab.paths import CONF_DIR
@@ -141,10 +142,12 @@ def test_slurm_job_size_follows_the_trainer(tmp_path: Path) -> None:
 def test_under_slurm_and_torchrun_lightning_spawns_nothing(monkeypatch, environ, expected):
     """trainer=ddp_cpu with 2 processes per node on 4 nodes: under SLURM/torchrun each process
     is already a rank, so the launcher cnnlab swaps in (ddp.py) is never used."""
-    for key in [*environ, "SLURM_NTASKS", "TORCHELASTIC_RUN_ID", "RANK", "SLURM_PROCID"]:
+    # OMP_NUM_THREADS: the launch may set it; monkeypatch puts back what was there
+    for key in [*environ, "SLURM_NTASKS", "TORCHELASTIC_RUN_ID", "RANK", "OMP_NUM_THREADS"]:
         monkeypatch.delenv(key, raising=False)
     for key, value in environ.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setattr(rank_zero_only, "rank", rank_zero_only.rank)  # the Trainer sets it
     trainer = L.Trainer(
         strategy="ddp", accelerator="cpu", devices=2, num_nodes=4, logger=False, barebones=True
     )
