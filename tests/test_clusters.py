@@ -143,7 +143,14 @@ def test_under_slurm_and_torchrun_lightning_spawns_nothing(monkeypatch, environ,
     """trainer=ddp_cpu with 2 processes per node on 4 nodes: under SLURM/torchrun each process
     is already a rank, so the launcher cnnlab swaps in (ddp.py) is never used."""
     # OMP_NUM_THREADS: the launch may set it; monkeypatch puts back what was there
-    for key in [*environ, "SLURM_NTASKS", "TORCHELASTIC_RUN_ID", "RANK", "OMP_NUM_THREADS"]:
+    for key in [
+        *environ,
+        "SLURM_NTASKS",
+        "SLURM_PROCID",
+        "TORCHELASTIC_RUN_ID",
+        "RANK",
+        "OMP_NUM_THREADS",
+    ]:
         monkeypatch.delenv(key, raising=False)
     for key, value in environ.items():
         monkeypatch.setenv(key, value)
