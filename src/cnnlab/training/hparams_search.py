@@ -14,8 +14,9 @@ the plugin's own loop, and nothing else:
   stopped search left running are marked failed, kept out of the count, and redone);
 - job folders keep the study's trial numbers (job ``N`` is trial ``N``), so a continued search
   never writes into an earlier trial's folder;
-- at the end, ``optimization_history.png`` (Optuna's matplotlib plot) next to the sweeper's own
-  ``optimization_results.yaml`` (best parameters and value).
+- at the end, ``optimization_results.yaml`` (the plugin's file: best parameters and value, of
+  the whole study also when nothing was left to run) and ``optimization_history.png``
+  (Optuna's matplotlib plot).
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def continued_sampler(sampler_cfg: DictConfig, sampler: Any, offset: int) -> Any
     """
     seed = sampler_cfg.get("seed")
     if seed is None:
-        sampler.reseed_rng()
+        if hasattr(sampler, "reseed_rng"):  # not the grid sampler, still a partial here
+            sampler.reseed_rng()
         return sampler
     return instantiate(sampler_cfg, seed=int(seed) + offset)
 
