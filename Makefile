@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,tensorboard]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,tensorboard,track,export,search,cluster]'
 	@touch $(STAMP)
 
 install: $(STAMP)

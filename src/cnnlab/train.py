@@ -39,8 +39,9 @@ from cnnlab.training.builders import (
     plain,
 )
 from cnnlab.training.callbacks import NonFiniteLossError
+from cnnlab.training.cluster import rank_argv
 from cnnlab.training.ddp import isolated_job, use_job_subprocess_command
-from cnnlab.training.errors import user_errors_as_messages
+from cnnlab.training.errors import UserError, user_errors_as_messages
 from cnnlab.training.module import ClassificationModule
 from cnnlab.training.results import format_metrics, write_metrics
 from cnnlab.training.resume import continue_logs, resolve_checkpoint, resume_argv, run_folder_of
@@ -110,8 +111,22 @@ def render_plots(cfg: DictConfig, module: ClassificationModule, datamodule: Any)
         log.exception("Plotting failed; the run itself is complete.")
 
 
+def objective(cfg: DictConfig, metrics: dict[str, Any]) -> float:
+    """The value a sweeper optimizes: the run's ``optimized_metric``, else ``val/acc_best``
+    (NaN when the run has none, e.g. ``fast_dev_run``)."""
+    name = cfg.get("optimized_metric")
+    if name is None:
+        return float(metrics.get("val/acc_best", math.nan))
+    if name not in metrics:
+        raise UserError(
+            f"optimized_metric={name} is not a metric of this run; it has "
+            f"{', '.join(sorted(metrics)) or 'none'}: set optimized_metric to one of them."
+        )
+    return float(metrics[name])
+
+
 def run(cfg: DictConfig) -> float:
-    """Train one job and record it; return ``val/acc_best`` (NaN when the job did not finish).
+    """Train one job and record it; return its ``objective`` (NaN when the job did not finish).
 
     In a ``-m`` sweep a failure is recorded and NaN returned so the other jobs still run; in a
     single run it is re-raised so the command exits non-zero.
@@ -163,7 +178,7 @@ def run(cfg: DictConfig) -> float:
         finish_tracking(module.loggers)  # MLflow / W&B: upload the plots, close the run
         log.info("Test metrics:\n%s\nRun folder: %s", format_metrics(metrics), run_dir)
     record("ok", metrics, confusion_matrix=module.test_confusion_matrix)
-    return float(metrics.get("val/acc_best", math.nan))
+    return objective(cfg, metrics)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
@@ -175,7 +190,10 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 def main() -> None:
     """``cnnlab-train``; ``ckpt_path=<run>/checkpoints/last.ckpt`` continues that run in place."""
-    sys.argv[1:] = resume_argv(sys.argv[1:])
+    sys.argv[1:] = rank_argv(resume_argv(sys.argv[1:]))  # rank_argv: torchrun/srun ranks > 0
+    # conf/hydra/launcher/submitit_*.yaml replace the plugin's configs of the same name (full
+    # files, so valid with or without Hydra's deprecated same-name schema check)
+    warnings.filterwarnings("ignore", r"\s*'hydra/launcher/submitit_\w+' is validated against")
     _hydra_main()
 
 

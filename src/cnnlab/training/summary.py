@@ -82,8 +82,29 @@ def write_summary(folder: str | Path) -> tuple[Path, Path]:
         "|" + "---|" * len(COLUMNS),
         *("| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in rows),
     ]
+    lines += _search_results(folder)
     atomic_write_text(md_path, "\n".join(lines) + "\n")
     return csv_path, md_path
+
+
+def _search_results(folder: Path) -> list[str]:
+    """The best trial of a hyperparameter search (``optimization_results.yaml``, written by
+    hydra-optuna-sweeper) and its history plot, as markdown lines; none for a grid sweep."""
+    results_file = folder / "optimization_results.yaml"
+    if not results_file.is_file():
+        return []
+    from omegaconf import OmegaConf
+
+    results = OmegaConf.to_container(OmegaConf.load(results_file))
+    lines = ["", "## Best trial", ""]
+    if "best_value" in results:
+        lines += [f"best value: {_cell(results['best_value'])}", ""]
+        lines += [f"- `{k}={v}`" for k, v in (results.get("best_params") or {}).items()]
+    else:  # several objectives: the Pareto front
+        lines += [f"- {s['values']}: {s['params']}" for s in results.get("solutions") or []]
+    if (folder / "optimization_history.png").is_file():
+        lines += ["", "![optimization history](optimization_history.png)"]
+    return lines
 
 
 class SweepSummary(Callback):
