@@ -25,17 +25,18 @@ def columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return [n for n in names if any(n in row for row in rows)]
 
 
-def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str) -> Path:
+def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str, xlabel: str) -> Path:
+    """Test accuracy against the amount pruned, each point labelled with its size on disk."""
     fig = new_figure(6.0, 4.0)
     ax = fig.subplots()
-    x = [100 * row["sparsity"] for row in rows]
+    x = [100 * row["amount"] for row in rows]
     ax.plot(x, [100 * row["test_acc"] for row in rows], "o-", label="pruned")
     if any("test_acc_finetuned" in row for row in rows):
         ax.plot(x, [100 * row["test_acc_finetuned"] for row in rows], "s--", label="fine-tuned")
     for row, xi in zip(rows, x, strict=True):
-        ax.annotate(f"{row['amount']:g}", (xi, 100 * row["test_acc"]), fontsize=7,
+        ax.annotate(f"{row['size_mb']:.2f} MB", (xi, 100 * row["test_acc"]), fontsize=7,
                     textcoords="offset points", xytext=(3, 3))  # fmt: skip
-    ax.set_xlabel("weights zero or removed (% of the dense conv/linear weights)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
@@ -57,7 +58,9 @@ def write_report(
     title = f"{model} ({run_cfg.model.impl}), {kind}, scope={cfg.scope}"
     cols = columns(rows)
     write_csv(rows, cols, out / "report.csv")
-    plot(rows, out / PLOT, title)
+    unit = "output channels/units removed" if cfg.structured else "weights zeroed"
+    where = "across the layers" if cfg.scope == "global" else "in each layer"
+    plot(rows, out / PLOT, title, f"amount: {unit} {where} (%)")
     epochs = int(cfg.finetune.epochs)
     lines = [
         f"# Pruning report: {title}",
