@@ -3,6 +3,7 @@ writes checkpoints with torch.nn keys that load with weights_only=True."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def test_the_gradual_schedule_ramps_cubically_and_holds() -> None:
     ramp = [scheduled_sparsity(e, 0.8, "gradual", 1, 4) for e in range(7)]
     assert ramp[0] == 0.0 and ramp[4:] == [0.8, 0.8, 0.8]
     assert ramp[1] == pytest.approx(0.8 * (1 - 0.75**3))
-    steps = [b - a for a, b in zip(ramp[1:5], ramp[2:5], strict=False)]
+    steps = [b - a for a, b in itertools.pairwise(ramp[1:5])]
     assert steps == sorted(steps, reverse=True)  # fast first, then slower
     assert [scheduled_sparsity(e, 0.5, "once", 2, 9) for e in range(4)] == [0, 0, 0.5, 0.5]
 
