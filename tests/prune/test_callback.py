@@ -12,7 +12,7 @@ import torch
 from hydra.errors import InstantiationException
 
 from cnnlab.prune.callback import scheduled_sparsity
-from cnnlab.training.builders import build_callbacks, build_datamodule, build_model
+from cnnlab.training.builders import build_callbacks, build_datamodule, build_model, load_run
 from cnnlab.training.errors import user_message
 
 EPOCHS = ("trainer.max_epochs=4", "trainer=cpu", "viz.enabled=false")
@@ -75,6 +75,12 @@ def test_pruning_while_training_digits_reaches_the_amount_and_learns(
                 assert int((value == 0).sum()) == round(0.7 * value.numel()), (name, key)
     metrics = (run / "csv" / "metrics.csv").read_text()
     assert "prune/sparsity" in metrics
+    # its stored config names cnnlab.prune.callback.Pruning: still loadable as data
+    cfg, module, _ = load_run(run / "checkpoints" / "last.ckpt")
+    assert cfg.callbacks.prune._target_ == "cnnlab.prune.callback.Pruning"
+    assert float((module.model.features.conv2.weight == 0).float().mean()) == pytest.approx(
+        0.7, abs=1e-3
+    )
 
 
 @pytest.mark.slow
