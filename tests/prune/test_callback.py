@@ -109,3 +109,21 @@ def test_structured_pruning_while_training_silences_whole_channels(tmp_path: Pat
     hidden = state["model.classifier.fc1.weight"]
     assert int((hidden == 0).all(dim=1).sum()) == round(0.25 * 512)
     assert not (state["model.classifier.fc2.weight"] == 0).all(dim=1).any()  # classes kept
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_its_pruned_weights_at_zero(tmp_path: Path) -> None:
+    """Checkpoints hold no masks: the resumed run must find them again in the baked zeros."""
+    from training_helpers import train_in_process
+
+    common = ("callbacks=prune", "callbacks.prune.amount=0.5", "callbacks.prune.end_epoch=0")
+    run = train_in_process(tmp_path / "run", *common, "trainer=cpu", "viz.enabled=false",
+                           "trainer.max_epochs=1", "model.impl=builtin")  # fmt: skip
+    before = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    train_in_process(run, *common, "trainer=cpu", "viz.enabled=false", "trainer.max_epochs=3",
+                     "model.impl=builtin", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}")  # fmt: skip
+    after = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for key, value in after.items():
+        if key.endswith("weight") and value.dim() > 1:
+            assert torch.equal(value == 0, before[key] == 0), key  # the same weights, still zero
+            assert not torch.equal(value, before[key]), key  # while the others trained on
