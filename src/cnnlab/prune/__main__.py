@@ -1,0 +1,3 @@
+from cnnlab.prune.cli import main
+
+main()
