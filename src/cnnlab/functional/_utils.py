@@ -144,3 +144,13 @@ def first_order_only(backward: Callable) -> Callable:
         return inner(ctx, *grads)
 
     return wrapper
+
+
+def compiled_inplace(inplace: bool) -> bool:
+    """Whether an ``inplace=True`` activation must run out of place and copy back.
+
+    Dynamo refuses a Function that marks its input dirty and returns the result of an
+    in-place chain; computing out of place and ``input.copy_(result)`` keeps the semantics
+    (the input holds the result, autograd sees the write) and traces as one graph.
+    """
+    return inplace and torch.compiler.is_compiling()

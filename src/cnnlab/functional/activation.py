@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from cnnlab.functional._utils import first_order_only, opmath_dtype
+from cnnlab.functional._utils import compiled_inplace, first_order_only, opmath_dtype
 
 
 class _ReLU(torch.autograd.Function):
@@ -36,6 +36,8 @@ class _ReLU(torch.autograd.Function):
 
 def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Drop-in for ``torch.nn.functional.relu``."""
+    if compiled_inplace(inplace):
+        return input.copy_(_ReLU.apply(input, False))
     return _ReLU.apply(input, inplace)
 
 

@@ -1,8 +1,8 @@
 """Piecewise-linear activations of mobile networks (Hardtanh/ReLU6, Hardsigmoid, Hardswish).
 
 Each is a clamp and a product forward; backward is the slope of the piece each input fell on,
-with PyTorch's choice at the kinks (the slope of the flat piece at Hardtanh's limits, of the
-middle piece at Hardswish's). What is saved never aliases the output, so an in-place op after
+with PyTorch's choice at the kinks (the slope of the flat piece at Hardtanh's and
+Hardsigmoid's limits, of the outer pieces at Hardswish's). What is saved never aliases the output, so an in-place op after
 the layer (``out += identity``) works as after the built-in, and ``inplace=True`` overwrites
 the input as the built-in does.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from cnnlab.functional._utils import first_order_only
+from cnnlab.functional._utils import compiled_inplace, first_order_only
 
 
 class _Hardtanh(torch.autograd.Function):
@@ -40,12 +40,14 @@ def hardtanh(
     """Drop-in for ``torch.nn.functional.hardtanh``."""
     if min_val > max_val:
         raise ValueError("min_val cannot be greater than max_val")
+    if compiled_inplace(inplace):
+        return input.copy_(_Hardtanh.apply(input, min_val, max_val, False))
     return _Hardtanh.apply(input, min_val, max_val, inplace)
 
 
 def relu6(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Drop-in for ``torch.nn.functional.relu6``: ``hardtanh(x, 0, 6)``, as in ATen."""
-    return _Hardtanh.apply(input, 0.0, 6.0, inplace)
+    return hardtanh(input, 0.0, 6.0, inplace)
 
 
 #: ATen's backward multiplies by ``1.0f / 6.0f``, a float32 constant even for float64 input;
@@ -61,7 +63,8 @@ class _Hardsigmoid(torch.autograd.Function):
         ctx.save_for_backward(torch.gt(input, -3).logical_and_(input < 3))
         if inplace:
             ctx.mark_dirty(input)
-            return input.add_(3).clamp_(0, 6).div_(6)
+            input.add_(3).clamp_(0, 6).div_(6)
+            return input  # the very tensor marked dirty (dynamo checks that, not a chain's result)
         return (input + 3).clamp_(0, 6).div_(6)
 
     @staticmethod
@@ -73,11 +76,13 @@ class _Hardsigmoid(torch.autograd.Function):
 
 def hardsigmoid(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Drop-in for ``torch.nn.functional.hardsigmoid``."""
+    if compiled_inplace(inplace):
+        return input.copy_(_Hardsigmoid.apply(input, False))
     return _Hardsigmoid.apply(input, inplace)
 
 
 class _Hardswish(torch.autograd.Function):
-    """``x * clamp(x + 3, 0, 6) / 6``; slope 0 below -3, ``x/3 + 1/2`` up to 3, then 1.
+    """``x * clamp(x + 3, 0, 6) / 6``; slope 0 up to -3, ``x/3 + 1/2`` below 3, then 1.
 
     The slope needs ``x`` itself, so the input is saved (a copy when it is overwritten in place,
     as the built-in keeps one).
@@ -89,7 +94,8 @@ class _Hardswish(torch.autograd.Function):
         if inplace:
             ctx.save_for_backward(input.clone())
             ctx.mark_dirty(input)
-            return input.mul_(gate).div_(6)
+            input.mul_(gate).div_(6)
+            return input
         ctx.save_for_backward(input)
         return gate.mul_(input).div_(6)
 
@@ -97,11 +103,14 @@ class _Hardswish(torch.autograd.Function):
     @first_order_only
     def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
-        # ATen's branches: x < -3 -> 0, x <= 3 -> x/3 + 1/2, else (and NaN) -> 1.
-        slope = torch.where(x <= 3, x / 3 + 0.5, 1.0)
-        return grad * slope.masked_fill_(x < -3, 0.0), None
+        # ATen's branches: x <= -3 -> 0, x < 3 -> x/3 + 1/2, else (and NaN) -> 1.
+        slope = torch.where(x < 3, x / 3 + 0.5, 1.0)
+        return grad * slope.masked_fill_(x <= -3, 0.0), None
 
 
 def hardswish(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Drop-in for ``torch.nn.functional.hardswish``."""
+    if compiled_inplace(inplace):
+        # a copy: backward needs the input as it was before the write
+        return input.copy_(_Hardswish.apply(input.clone(), False))
     return _Hardswish.apply(input, inplace)

@@ -54,10 +54,12 @@ class _LayerNorm(torch.autograd.Function):
             projection = (g_hat * x_hat).mean(dims, keepdim=True)
             grad_input = (g_hat - g_hat.mean(dims, keepdim=True) - x_hat * projection) * rstd
             grad_input = grad_input.to(input.dtype)
+        # (sum over no dims would reduce them all: an unbatched input's gradient is itself)
+        over_batch = (lambda t: t.sum(batch_dims)) if batch_dims else (lambda t: t)  # noqa: E731
         if weight is not None and ctx.needs_input_grad[1]:
-            grad_weight = (g * x_hat).sum(batch_dims).to(weight.dtype)
+            grad_weight = over_batch(g * x_hat).to(weight.dtype)
         if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
-            grad_bias = g.sum(batch_dims).to(ctx.bias_dtype)
+            grad_bias = over_batch(g).to(ctx.bias_dtype)
         return grad_input, grad_weight, grad_bias, None, None
 
 
