@@ -40,7 +40,9 @@ def test_layer_norm_matches_torch(
     custom, builtin = twins(
         L.LayerNorm, nn.LayerNorm, normalized, elementwise_affine=affine, bias=bias, dtype=dtype
     )
-    assert repr(custom) == repr(builtin) and custom.state_dict().keys() == builtin.state_dict().keys()
+    assert (
+        repr(custom) == repr(builtin) and custom.state_dict().keys() == builtin.state_dict().keys()
+    )
     if affine:  # not the initial ones and zeros, so every term of the gradients shows
         for a, b in zip(custom.parameters(), builtin.parameters(), strict=True):
             with torch.no_grad():

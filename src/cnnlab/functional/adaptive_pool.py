@@ -77,20 +77,18 @@ def _output_size(
     input: torch.Tensor, output_size: int | None | tuple[int | None, ...]
 ) -> tuple[int, int]:
     """``torch.nn``'s spelling: an int, or a pair whose ``None`` keeps the input's size."""
-    sizes = (output_size, output_size) if not isinstance(output_size, (tuple, list)) else output_size
+    sizes = (
+        (output_size, output_size) if not isinstance(output_size, (tuple, list)) else output_size
+    )
     if len(sizes) == 1:
         sizes = (sizes[0], sizes[0])
     if len(sizes) != 2:
         raise ValueError(
             f"adaptive_avg_pool2d: output_size must be an int or a pair, got {output_size!r}"
         )
-    out = tuple(
-        int(input.shape[-2 + i]) if s is None else int(s) for i, s in enumerate(sizes)
-    )
+    out = tuple(int(input.shape[-2 + i]) if s is None else int(s) for i, s in enumerate(sizes))
     if min(out) < 1:
-        raise ValueError(
-            f"adaptive_avg_pool2d: output_size must be positive, got {output_size!r}"
-        )
+        raise ValueError(f"adaptive_avg_pool2d: output_size must be positive, got {output_size!r}")
     return out  # type: ignore[return-value]
 
 

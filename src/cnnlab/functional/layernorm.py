@@ -82,9 +82,7 @@ def layer_norm(
     check_same_device("layer_norm", input, weight=weight, bias=bias)
     for name, param in (("weight", weight), ("bias", bias)):
         if param is not None and tuple(param.shape) != shape:
-            raise ValueError(
-                f"layer_norm: {name} has shape {tuple(param.shape)}, expected {shape}"
-            )
+            raise ValueError(f"layer_norm: {name} has shape {tuple(param.shape)}, expected {shape}")
     if input.device.type == "cuda":
         (input,) = cast_like_builtin_fp32(input)
     dims = tuple(range(-len(shape), 0))

@@ -22,6 +22,7 @@ import torchvision
 
 from cnnlab.layers import IMPLS, convert
 from cnnlab.models._shapes import check_in_shape
+from cnnlab.training.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,10 @@ SMALL_IMAGE = 32
 PATCH_MODELS = ("vit_", "swin_", "maxvit_")
 #: Leaf modules without a kernel of their own (views, no-ops): not "left built-in" compute.
 NO_COMPUTE = (nn.Identity, nn.Flatten, torchvision.ops.Permute)
+
+
+class TorchvisionModelError(UserError, ValueError):
+    """A ``model.*`` value that cannot give a torchvision model for this data (one line)."""
 
 
 def model_names() -> list[str]:
@@ -52,19 +57,21 @@ class TorchvisionModel(nn.Module):
     ) -> None:
         super().__init__()
         if impl not in IMPLS:
-            raise ValueError(f"model.impl must be one of {IMPLS}, got {impl!r}.")
+            raise TorchvisionModelError(f"model.impl must be one of {IMPLS}, got {impl!r}.")
         names = model_names()
         if name not in names:
-            raise ValueError(
+            raise TorchvisionModelError(
                 f"model.name={name!r} is not a torchvision classification model; use one of: "
                 f"{', '.join(names)}."
             )
         channels, (height, width) = check_in_shape(in_shape, f"torchvision {name}")
         patches = name.startswith(PATCH_MODELS)
         if small_stem not in SMALL_STEM:
-            raise ValueError(f"model.small_stem must be auto, true or false, got {small_stem!r}.")
+            raise TorchvisionModelError(
+                f"model.small_stem must be auto, true or false, got {small_stem!r}."
+            )
         if small_stem is True and patches:
-            raise ValueError(
+            raise TorchvisionModelError(
                 f"model.small_stem=true: {name} cuts images into patches and has no conv stem to "
                 "adapt; use model.small_stem=false (and images its patch size divides)."
             )
@@ -76,7 +83,7 @@ class TorchvisionModel(nn.Module):
                 name, weights=None, num_classes=num_classes, **_builder_kwargs(name, height, width)
             )
         except (AssertionError, ValueError, TypeError) as err:  # torchvision's own checks
-            raise ValueError(
+            raise TorchvisionModelError(
                 f"torchvision {name} cannot be built for {height}x{width} images: {err}"
             ) from None
         if channels != 3 or small_stem:
@@ -103,7 +110,7 @@ def _builder_kwargs(name: str, height: int, width: int) -> dict[str, Any]:
         return {"aux_logits": False, "init_weights": True}
     if name.startswith("vit_"):
         if height != width:
-            raise ValueError(f"{name} needs square images, got {height}x{width}.")
+            raise TorchvisionModelError(f"{name} needs square images, got {height}x{width}.")
         return {"image_size": height}
     if name.startswith("maxvit_"):
         return {"input_size": (height, width)}
@@ -171,7 +178,7 @@ def _drop_pools_until_it_fits(net: nn.Module, name: str, in_shape: tuple[int, in
 def _check_fits(net: nn.Module, name: str, in_shape: tuple[int, int, int]) -> None:
     error = _fits(net, in_shape)
     if error is not None:
-        raise ValueError(
+        raise TorchvisionModelError(
             f"torchvision {name} does not run on {in_shape[1]}x{in_shape[2]} images ({error}); "
             "try model.small_stem=true, larger images, or another model.name."
         )
