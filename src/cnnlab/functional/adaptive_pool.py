@@ -44,7 +44,7 @@ class _AdaptiveAvgPool2d(torch.autograd.Function):
     @staticmethod
     @first_order_only
     def backward(ctx, grad: torch.Tensor):
-        n, c, h, w = ctx.input_shape
+        _, _, h, w = ctx.input_shape
         g = grad.to(opmath_dtype(grad.dtype))
         if ctx.output_size == (1, 1):
             share = g / (h * w)
@@ -74,7 +74,7 @@ def _no_autocast(t: torch.Tensor) -> torch.autocast:
 
 
 def _output_size(
-    input: torch.Tensor, output_size: int | None | tuple[int | None, ...]
+    input: torch.Tensor, output_size: int | tuple[int | None, ...] | None
 ) -> tuple[int, int]:
     """``torch.nn``'s spelling: an int, or a pair whose ``None`` keeps the input's size."""
     sizes = (
@@ -93,7 +93,7 @@ def _output_size(
 
 
 def adaptive_avg_pool2d(
-    input: torch.Tensor, output_size: int | None | tuple[int | None, ...]
+    input: torch.Tensor, output_size: int | tuple[int | None, ...] | None
 ) -> torch.Tensor:
     """Drop-in for ``torch.nn.functional.adaptive_avg_pool2d``."""
     check_input("adaptive_avg_pool2d", input)

@@ -55,7 +55,7 @@ class _LayerNorm(torch.autograd.Function):
             grad_input = (g_hat - g_hat.mean(dims, keepdim=True) - x_hat * projection) * rstd
             grad_input = grad_input.to(input.dtype)
         # (sum over no dims would reduce them all: an unbatched input's gradient is itself)
-        over_batch = (lambda t: t.sum(batch_dims)) if batch_dims else (lambda t: t)  # noqa: E731
+        over_batch = (lambda t: t.sum(batch_dims)) if batch_dims else (lambda t: t)
         if weight is not None and ctx.needs_input_grad[1]:
             grad_weight = over_batch(g * x_hat).to(weight.dtype)
         if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:

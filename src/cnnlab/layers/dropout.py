@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-
 from torchvision.ops import StochasticDepth as _TorchvisionStochasticDepth
 
 from cnnlab.functional._utils import errors_named_after
