@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from layer_testing import BF16_TOL, assert_twins_match, layer_settings, twins
 from torchvision.models.convnext import LayerNorm2d
@@ -37,6 +39,9 @@ def test_layer_norm_gradcheck(affine: bool) -> None:
 def test_layer_norm_matches_torch(
     batch: list[int], normalized: list[int], affine: bool, bias: bool, dtype: torch.dtype
 ) -> None:
+    # One element normalises to exactly 0 (x - mean = 0), and the float32 kernels' rounding of
+    # the mean, times 1/sqrt(eps) = 316, is all that is compared then: noise against noise.
+    assume(math.prod(normalized) > 1 or dtype == torch.float64)
     custom, builtin = twins(
         L.LayerNorm, nn.LayerNorm, normalized, elementwise_affine=affine, bias=bias, dtype=dtype
     )
