@@ -146,11 +146,13 @@ def first_order_only(backward: Callable) -> Callable:
     return wrapper
 
 
-def compiled_inplace(inplace: bool) -> bool:
-    """Whether an ``inplace=True`` activation must run out of place and copy back.
+def inplace_in_eager(inplace: bool) -> bool:
+    """``inplace``, except under ``torch.compile``, where in-place ops run out of place.
 
-    Dynamo refuses a Function that marks its input dirty and returns the result of an
-    in-place chain; computing out of place and ``input.copy_(result)`` keeps the semantics
-    (the input holds the result, autograd sees the write) and traces as one graph.
+    Dynamo refuses a Function that marks its input dirty and returns the result of an in-place
+    chain, and refuses writing into a view another Function returned (a compiled conv's output),
+    so the compiled path computes out of place; the compiler plans buffer reuse itself. Code
+    that uses the op's result (every torch.nn / torchvision model) gets the same numbers; only
+    code that reads the *input* after an in-place op would see it unmodified.
     """
-    return inplace and torch.compiler.is_compiling()
+    return inplace and not torch.compiler.is_compiling()

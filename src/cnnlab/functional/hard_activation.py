@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from cnnlab.functional._utils import compiled_inplace, first_order_only
+from cnnlab.functional._utils import first_order_only, inplace_in_eager
 
 
 class _Hardtanh(torch.autograd.Function):
@@ -40,9 +40,7 @@ def hardtanh(
     """Drop-in for ``torch.nn.functional.hardtanh``."""
     if min_val > max_val:
         raise ValueError("min_val cannot be greater than max_val")
-    if compiled_inplace(inplace):
-        return input.copy_(_Hardtanh.apply(input, min_val, max_val, False))
-    return _Hardtanh.apply(input, min_val, max_val, inplace)
+    return _Hardtanh.apply(input, min_val, max_val, inplace_in_eager(inplace))
 
 
 def relu6(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
@@ -76,9 +74,7 @@ class _Hardsigmoid(torch.autograd.Function):
 
 def hardsigmoid(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Drop-in for ``torch.nn.functional.hardsigmoid``."""
-    if compiled_inplace(inplace):
-        return input.copy_(_Hardsigmoid.apply(input, False))
-    return _Hardsigmoid.apply(input, inplace)
+    return _Hardsigmoid.apply(input, inplace_in_eager(inplace))
 
 
 class _Hardswish(torch.autograd.Function):
@@ -110,7 +106,4 @@ class _Hardswish(torch.autograd.Function):
 
 def hardswish(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Drop-in for ``torch.nn.functional.hardswish``."""
-    if compiled_inplace(inplace):
-        # a copy: backward needs the input as it was before the write
-        return input.copy_(_Hardswish.apply(input.clone(), False))
-    return _Hardswish.apply(input, inplace)
+    return _Hardswish.apply(input, inplace_in_eager(inplace))

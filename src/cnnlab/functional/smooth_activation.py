@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from cnnlab.functional._utils import compiled_inplace, first_order_only, opmath_dtype
+from cnnlab.functional._utils import first_order_only, inplace_in_eager, opmath_dtype
 
 
 def _logistic(x: torch.Tensor) -> torch.Tensor:
@@ -76,10 +76,7 @@ class _SiLU(torch.autograd.Function):
 
 def silu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Drop-in for ``torch.nn.functional.silu``."""
-    if compiled_inplace(inplace):
-        # a copy: backward needs the input as it was before the write
-        return input.copy_(_SiLU.apply(input.clone(), False))
-    return _SiLU.apply(input, inplace)
+    return _SiLU.apply(input, inplace_in_eager(inplace))
 
 
 GELU_APPROXIMATIONS = ("none", "tanh")
