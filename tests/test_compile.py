@@ -259,3 +259,27 @@ def test_torchvision_layers_compile_as_one_graph_and_match_eager(bf16: bool) -> 
     for step, (want, have) in enumerate(zip(expected, got, strict=True)):
         for key in want:
             torch.testing.assert_close(have[key], want[key], **tol, msg=f"step {step}: {key}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_torchvision_model_compiles_as_one_graph_and_matches_eager(name: str) -> None:
+    """``model=torchvision model.impl=custom compile=true``: in-place activations, dropout and
+    squeeze-excitation (Hardswish/Hardsigmoid) in one graph. float64, because train-mode batch norm
+    over the 1x1 maps of 8x8 digits amplifies float32 rounding to ~1e-2 between any two
+    summation orders (custom vs built-in eager included)."""
+    from cnnlab.models import TorchvisionModel
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = TorchvisionModel("custom", (1, 8, 8), 10, name).double().train()
+    eager = StepModule(model, bf16=False)
+    traced = copy.deepcopy(eager)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(traced, fullgraph=True, backend=counter)
+    x, y = _batch((1, 8, 8), n=4)
+    expected = _run_steps(eager, eager, x.double(), y, steps=1)
+    got = _run_steps(compiled, traced, x.double(), y, steps=1)
+    assert counter.frame_count == 1
+    for key, want in expected[0].items():
+        torch.testing.assert_close(got[0][key], want, rtol=1e-7, atol=1e-9, msg=key)
