@@ -262,12 +262,14 @@ def test_torchvision_layers_compile_as_one_graph_and_match_eager(bf16: bool) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "efficientnet_b0"])
 def test_torchvision_model_compiles_as_one_graph_and_matches_eager(name: str) -> None:
-    """``model=torchvision model.impl=custom compile=true``: in-place activations, dropout and
-    squeeze-excitation (Hardswish/Hardsigmoid) in one graph. float64, because train-mode batch norm
+    """``model=torchvision model.impl=custom compile=true``: in-place activations, dropout,
+    stochastic depth and squeeze-excitation in one graph. float64, because train-mode batch norm
     over the 1x1 maps of 8x8 digits amplifies float32 rounding to ~1e-2 between any two
-    summation orders (custom vs built-in eager included)."""
+    summation orders (custom vs built-in eager included). Tolerance relative to the largest
+    gradient: the bias gradient of a batch norm that feeds, through a 1x1 conv, another
+    train-mode batch norm is zero in exact arithmetic, so rounding noise on both sides."""
     from cnnlab.models import TorchvisionModel
 
     torch._dynamo.reset()
@@ -281,5 +283,6 @@ def test_torchvision_model_compiles_as_one_graph_and_matches_eager(name: str) ->
     expected = _run_steps(eager, eager, x.double(), y, steps=1)
     got = _run_steps(compiled, traced, x.double(), y, steps=1)
     assert counter.frame_count == 1
+    scale = max(want.abs().max().item() for want in expected[0].values())
     for key, want in expected[0].items():
-        torch.testing.assert_close(got[0][key], want, rtol=1e-7, atol=1e-9, msg=key)
+        torch.testing.assert_close(got[0][key], want, rtol=1e-7, atol=1e-9 * scale, msg=key)
