@@ -249,3 +249,16 @@ def test_plain_loop_trains_both_impls_and_reports_mean_and_std(tmp_path, capsys)
         accuracy_mean = float(row.split("|")[4].split("±")[0])
         assert accuracy_mean > 90.0, row
         assert row.rstrip(" |").endswith("2")  # two seeds
+
+
+def test_coverage_counts_hand_written_layers_and_time_and_names_builtin_kernels() -> None:
+    """MobileNetV2 on digits: every layer hand-written, most of the step in cnnlab Functions,
+    and the one built-in kernel its own forward calls (``F.adaptive_avg_pool2d``) is named."""
+    from cnnlab.bench import coverage
+
+    forward = coverage._functions()[0].forward
+    result = coverage.measure("mobilenet_v2", (1, 8, 8), batch=4, steps=1)
+    assert coverage._functions()[0].forward is forward  # the labels are taken off again
+    assert result.handwritten_layers == result.layers > 100
+    assert 0.3 < result.handwritten_s / result.step_s < 1.0
+    assert "aten::adaptive_avg_pool2d" in result.builtin_kernels

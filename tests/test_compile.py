@@ -217,3 +217,72 @@ def test_ddp_run_compiles_with_the_hand_written_sync_batchnorm(run_cli, tmp_path
     log = (run_dir / "train.log").read_text()
     assert "torch.compile warm-up" in log
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "ok"
+
+
+def _torchvision_layers_net() -> nn.Module:
+    """Every layer torchvision's models need beyond cnnlab's own, in one small net."""
+    return nn.Sequential(
+        L.Conv2d(3, 8, 3, padding=1),
+        L.BatchNorm2d(8),
+        L.Hardswish(inplace=True),
+        L.LayerNorm2d(8),
+        L.SiLU(inplace=True),
+        L.AdaptiveAvgPool2d((3, 2)),
+        L.ReLU6(inplace=True),
+        L.GELU(approximate="tanh"),
+        L.StochasticDepth(0.5, "row"),
+        L.Hardsigmoid(),
+        L.Sigmoid(),
+        L.AdaptiveAvgPool2d(1),
+        L.Flatten(),
+        L.LayerNorm(8),
+        L.ReLU(inplace=True),
+        L.GELU(),
+        L.Hardtanh(-2.0, 2.0),
+        L.Linear(8, 10),
+    )
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_torchvision_layers_compile_as_one_graph_and_match_eager(bf16: bool) -> None:
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager = StepModule(_torchvision_layers_net(), bf16).train()
+    traced = copy.deepcopy(eager)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(traced, fullgraph=True, backend=counter)
+    x, y = _batch((3, 6, 5), n=8)
+    expected = _run_steps(eager, eager, x, y, steps=2)
+    got = _run_steps(compiled, traced, x, y, steps=2)
+    assert counter.frame_count == 1, f"{counter.frame_count} graphs: a recompile"
+    tol = {"rtol": 2e-2, "atol": 2e-2} if bf16 else {"rtol": 1e-4, "atol": 1e-5}
+    for step, (want, have) in enumerate(zip(expected, got, strict=True)):
+        for key in want:
+            torch.testing.assert_close(have[key], want[key], **tol, msg=f"step {step}: {key}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "efficientnet_b0"])
+def test_torchvision_model_compiles_as_one_graph_and_matches_eager(name: str) -> None:
+    """``model=torchvision model.impl=custom compile=true``: in-place activations, dropout,
+    stochastic depth and squeeze-excitation in one graph. float64, because train-mode batch norm
+    over the 1x1 maps of 8x8 digits amplifies float32 rounding to ~1e-2 between any two
+    summation orders (custom vs built-in eager included). Tolerance relative to the largest
+    gradient: the bias gradient of a batch norm that feeds, through a 1x1 conv, another
+    train-mode batch norm is zero in exact arithmetic, so rounding noise on both sides."""
+    from cnnlab.models import TorchvisionModel
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = TorchvisionModel("custom", (1, 8, 8), 10, name).double().train()
+    eager = StepModule(model, bf16=False)
+    traced = copy.deepcopy(eager)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(traced, fullgraph=True, backend=counter)
+    x, y = _batch((1, 8, 8), n=4)
+    expected = _run_steps(eager, eager, x.double(), y, steps=1)
+    got = _run_steps(compiled, traced, x.double(), y, steps=1)
+    assert counter.frame_count == 1
+    scale = max(want.abs().max().item() for want in expected[0].values())
+    for key, want in expected[0].items():
+        torch.testing.assert_close(got[0][key], want, rtol=1e-7, atol=1e-9 * scale, msg=key)

@@ -68,7 +68,8 @@ def assert_twins_match(
     """Assert equal outputs, output dtypes and gradients (input and parameters) for ``x``.
 
     Both modules backprop the same random upstream gradient, so every term of the backward
-    pass is exercised (an all-ones gradient would hide transposition mistakes).
+    pass is exercised (an all-ones gradient would hide transposition mistakes), and draw from
+    the same seed.
     """
     gen = torch.Generator().manual_seed(1)
     upstream: dict[str, torch.Tensor] = {}
@@ -78,7 +79,9 @@ def assert_twins_match(
             upstream["g"] = torch.randn(out.shape, generator=gen, dtype=torch.float64)
         return upstream["g"].to(out.device, out.dtype)
 
+    torch.manual_seed(2)  # the same random draws (dropout, stochastic depth) in both runs
     out_c, grads_c = run_with_grads(custom, x, grad_out)
+    torch.manual_seed(2)
     out_b, grads_b = run_with_grads(builtin, x, grad_out)
     assert out_c.dtype == out_b.dtype
     torch.testing.assert_close(out_c, out_b, **tol)
@@ -158,7 +161,8 @@ class Example:
 
     def input(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         gen = torch.Generator().manual_seed(0)
-        return torch.randn(self.shape, generator=gen, dtype=dtype) * 2 + 0.5
+        # * 4 reaches every piece of the piecewise activations (Hardswish's -3 and 3 too)
+        return torch.randn(self.shape, generator=gen, dtype=dtype) * 4 + 0.5
 
 
 class WithTarget(nn.Module):
@@ -183,7 +187,18 @@ EXAMPLES: dict[str, Example] = {
     "Linear": Example((5, 3), shape=(4, 5)),
     "MaxPool2d": Example((3,), {"stride": 2, "padding": 1}, shape=(2, 3, 7, 7)),
     "AvgPool2d": Example((3,), {"stride": 2, "padding": 1}, shape=(2, 3, 7, 7)),
+    "AdaptiveAvgPool2d": Example(((3, 2),), shape=(2, 3, 7, 5)),  # overlapping windows
     "ReLU": Example(),
+    "Hardtanh": Example((-0.5, 1.5)),
+    "ReLU6": Example(shape=(2, 3, 6, 6)),
+    "Hardsigmoid": Example(),
+    "Hardswish": Example(),
+    "Sigmoid": Example(),
+    "SiLU": Example(),
+    "GELU": Example(kwargs={"approximate": "tanh"}),
+    "LayerNorm": Example(((6,),), shape=(2, 3, 6)),
+    "LayerNorm2d": Example((3,), shape=(2, 3, 4, 5)),
+    "StochasticDepth": Example((0.5, "row"), shape=(8, 3, 2, 2)),
     "Dropout": Example((0.5,), train=False),
     "BatchNorm2d": Example((3,), shape=(4, 3, 5, 5)),
     "SyncBatchNorm": Example((3,), shape=(4, 3, 5, 5)),

@@ -29,6 +29,16 @@ CASES: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], tuple[int, ...]]]
     "cross_entropy": (lambda x: CF.cross_entropy(x, _TARGET), (4, 3)),
     "nll_loss": (lambda x: CF.nll_loss(x, _TARGET), (4, 3)),
     "mse_loss": (lambda x: CF.mse_loss(x, torch.zeros_like(x)), (4, 3)),
+    "adaptive_avg_pool2d": (lambda x: CF.adaptive_avg_pool2d(x, (2, 3)), (2, 3, 5, 5)),
+    "hardtanh": (lambda x: CF.hardtanh(x, -0.5, 0.5), (3, 5)),
+    "relu6": (lambda x: CF.relu6(x * 4), (3, 5)),
+    "hardsigmoid": (CF.hardsigmoid, (3, 5)),
+    "hardswish": (CF.hardswish, (3, 5)),
+    "sigmoid": (CF.sigmoid, (3, 5)),
+    "silu": (CF.silu, (3, 5)),
+    "gelu": (CF.gelu, (3, 5)),
+    "layer_norm": (lambda x: CF.layer_norm(x, (5,)), (3, 5)),
+    "stochastic_depth": (lambda x: CF.stochastic_depth(x, 0.25, "row"), (8, 5)),
 }
 
 

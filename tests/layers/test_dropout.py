@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from hypothesis import given
 from hypothesis import strategies as st
-from layer_testing import assert_twins_match, layer_settings, twins
+from layer_testing import assert_twins_match, layer_settings, run_with_grads, twins
 
 import cnnlab.functional as CF
 import cnnlab.layers as L
@@ -107,3 +107,38 @@ def test_drop_in_repr_and_state_dict() -> None:
 def test_bad_probability_is_rejected(p: float) -> None:
     with pytest.raises(ValueError, match=f"between 0 and 1, but got {p}"):
         CF.dropout(torch.randn(3), p)
+
+
+# -- stochastic depth (torchvision.ops.StochasticDepth) -------------------------------------------
+@pytest.mark.parametrize("mode", ["row", "batch"])
+@pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("train", [True, False])
+def test_stochastic_depth_draws_torchvisions_masks(mode: str, p: float, train: bool) -> None:
+    from torchvision.ops import StochasticDepth
+
+    custom, builtin = twins(L.StochasticDepth, StochasticDepth, p, mode, dtype=torch.float64)
+    assert repr(custom) == repr(builtin)
+    custom.train(train), builtin.train(train)
+    x = torch.randn(16, 3, 2, 2, dtype=torch.float64)
+    upstream = torch.randn_like(x)
+    kept = set()
+    for seed in range(6):  # batch mode drops all or nothing: several draws see both
+        results = []
+        for module in (custom, builtin):
+            torch.manual_seed(seed)
+            results.append(run_with_grads(module, x, lambda out: upstream))
+        (out_c, grads_c), (out_b, grads_b) = results
+        torch.testing.assert_close(out_c, out_b, rtol=0, atol=0)
+        torch.testing.assert_close(grads_c["input"], grads_b["input"], rtol=0, atol=0)
+        kept.add(bool(out_c.ne(0).any()))
+    assert kept == ({True, False} if train and 0 < p < 1 and mode == "batch" else kept)
+
+
+def test_stochastic_depth_gradcheck() -> None:
+    x = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
+
+    def op(t: torch.Tensor) -> torch.Tensor:
+        torch.manual_seed(0)  # the same mask at every evaluation
+        return CF.stochastic_depth(t, 0.5, "row")
+
+    assert torch.autograd.gradcheck(op, (x,))

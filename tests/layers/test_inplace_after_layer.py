@@ -15,6 +15,8 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn as nn
+from torchvision.models.convnext import LayerNorm2d
+from torchvision.ops import StochasticDepth
 
 import cnnlab.layers as custom
 from cnnlab.layers import convert
@@ -69,6 +71,20 @@ LAYERS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], bool]] = {
     "dropout_train_inplace": (lambda: nn.Dropout(0.4, inplace=True), (4, 6), True),
     "dropout_eval": (lambda: nn.Dropout(0.4), (4, 6), False),
     "flatten": (lambda: nn.Flatten(), (2, 3, 2, 2), True),
+    "adaptive_avgpool_global": (lambda: nn.AdaptiveAvgPool2d(1), (2, 3, 4, 4), True),
+    "adaptive_avgpool_overlap": (lambda: nn.AdaptiveAvgPool2d((3, 2)), (2, 3, 5, 5), True),
+    "hardtanh": (lambda: nn.Hardtanh(-0.5, 0.5), (2, 3, 4, 4), True),
+    "relu6_inplace": (lambda: nn.ReLU6(inplace=True), (2, 3, 4, 4), True),
+    "hardsigmoid_inplace": (lambda: nn.Hardsigmoid(inplace=True), (2, 3, 4, 4), True),
+    "hardswish": (lambda: nn.Hardswish(), (2, 3, 4, 4), True),
+    "hardswish_inplace": (lambda: nn.Hardswish(inplace=True), (2, 3, 4, 4), True),
+    "sigmoid": (lambda: nn.Sigmoid(), (2, 3, 4, 4), True),
+    "silu": (lambda: nn.SiLU(), (2, 3, 4, 4), True),
+    "silu_inplace": (lambda: nn.SiLU(inplace=True), (2, 3, 4, 4), True),
+    "gelu": (lambda: nn.GELU(), (2, 3, 4, 4), True),
+    "layernorm": (lambda: nn.LayerNorm(4), (2, 3, 4, 4), True),
+    "layernorm2d": (lambda: LayerNorm2d(3), (2, 3, 4, 4), True),
+    "stochastic_depth": (lambda: StochasticDepth(0.5, "row"), (4, 3, 2, 2), True),
 }
 
 #: Losses take a target; their scalar output may be scaled in place (``loss.mul_(w)``).

@@ -252,3 +252,40 @@ def test_errors_name_the_layer_and_the_fix(layer: nn.Module, shape, match: str) 
 def test_integer_input_is_rejected() -> None:
     with pytest.raises(TypeError, match="floating-point input"):
         CF.max_pool2d(torch.zeros(1, 1, 4, 4, dtype=torch.int64), 2)
+
+
+# -- adaptive average pooling -------------------------------------------------------------------
+@pytest.mark.parametrize("output_size", [1, (2, 3), (5, None), (9, 2)])
+def test_adaptive_avg_pool2d_gradcheck(output_size) -> None:
+    x = torch.randn(2, 3, 7, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: CF.adaptive_avg_pool2d(t, output_size), (x,))
+
+
+@layer_settings
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9)),
+    out_h=st.one_of(st.none(), st.integers(1, 10)),
+    out_w=st.one_of(st.none(), st.integers(1, 10)),
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+    channels_last=st.booleans(),
+    unbatched=st.booleans(),
+)
+def test_adaptive_avg_pool2d_matches_torch(
+    shape, out_h, out_w, dtype, channels_last: bool, unbatched: bool
+) -> None:
+    custom, builtin = twins(L.AdaptiveAvgPool2d, nn.AdaptiveAvgPool2d, (out_h, out_w))
+    assert repr(custom) == repr(builtin)
+    x = torch.randn(shape, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert_twins_match(custom, builtin, x[0] if unbatched else x)
+
+
+def test_adaptive_avg_pool2d_cpu_bf16_autocast_dtypes_match_builtin() -> None:
+    x = torch.randn(2, 3, 7, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for size in (1, (3, 4)):
+            for t in (x, x.bfloat16()):
+                assert_twins_match(
+                    *twins(L.AdaptiveAvgPool2d, nn.AdaptiveAvgPool2d, size), t, **BF16_TOL
+                )

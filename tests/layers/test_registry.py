@@ -50,7 +50,10 @@ def test_exports_namespace_and_convert_tables_follow_the_registry() -> None:
     for op in OPS:
         # Models are written once against a namespace: ``L.<Name>`` must be twins in both.
         assert getattr(L.get_namespace("custom"), op.name) is op.custom
-        assert getattr(builtin, op.name) is op.builtin
+        if op.builtin.__module__.startswith("torch.nn."):
+            assert getattr(builtin, op.name) is op.builtin
+        else:  # the twins of torchvision's own layers (LayerNorm2d, StochasticDepth)
+            assert op.builtin.__module__.startswith("torchvision."), op.name
     assert {op.custom: op.builtin for op in OPS} == CUSTOM_TO_BUILTIN
     assert {op.builtin: op.custom for op in OPS} == BUILTIN_TO_CUSTOM
 

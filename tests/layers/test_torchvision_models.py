@@ -334,9 +334,14 @@ def test_every_classification_model_is_walked() -> None:
     assert set(CASES) <= set(ALL_MODELS)
 
 
+#: Leaf modules that stay built-in because they have no kernel to hand-write: views.
+VIEWS = {"Permute", "Identity"}
+
+
 @pytest.mark.parametrize("name", FAST_MODELS)
 def test_representative_model_matches_builtin(name: str) -> None:
-    check_model(name)
+    leftover = check_model(name)
+    assert leftover <= VIEWS, f"{name}: layers with compute stayed built-in: {leftover - VIEWS}"
 
 
 @pytest.mark.slow

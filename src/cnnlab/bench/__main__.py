@@ -1,6 +1,7 @@
 """Command line: ``cnnlab-bench layers ...`` (layer by layer), ``cnnlab-bench step ...``
-(one whole training step, eager and compiled) and ``cnnlab-bench optim ...`` (one optimizer
-step, cnnlab.optim vs torch.optim)."""
+(one whole training step, eager and compiled), ``cnnlab-bench optim ...`` (one optimizer step,
+cnnlab.optim vs torch.optim) and ``cnnlab-bench coverage ...`` (how much of a torchvision model
+runs hand-written)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from cnnlab.bench import coverage
 from cnnlab.bench.cases import CASES
 from cnnlab.bench.layers import run_case, settings
 from cnnlab.bench.loop import add_arguments as add_loop_arguments
@@ -106,6 +108,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "optim", help="one optimizer step over a model's parameters, cnnlab.optim vs torch.optim"
     )
     add_optim_arguments(optim)
+    cover = commands.add_parser(
+        "coverage",
+        help="share of a torchvision model's layers and step time that run hand-written",
+    )
+    coverage.add_arguments(cover)
+    _common(cover, batch=32, repeats=1, warmup=1)
 
     args = parser.parse_args(argv)
     for name in ("batch", "repeats", "threads"):
@@ -217,6 +225,16 @@ def main(argv: list[str] | None = None) -> None:
         result = run_loop(args)  # prints its rows as they come
         if args.markdown is not None:
             write_markdown(args.markdown, header, result)
+    elif args.command == "coverage":
+        header = [*machine_lines(args.threads, use_cuda=False)]
+        header += [
+            f"command: cnnlab-bench {shlex.join(argv)}",
+            f"model=torchvision model.impl=custom, input {args.batch}x{args.shape.replace(',', 'x')}, "
+            f"train mode; step = forward + CrossEntropyLoss + backward, torch.profiler CPU time "
+            f"over {args.steps} steps after 1 warm-up",
+        ]
+        print("\n".join(header), flush=True)
+        _write(args, header, coverage.run(args))
     else:
         run_step_command(args, argv)
 

@@ -144,3 +144,15 @@ def first_order_only(backward: Callable) -> Callable:
         return inner(ctx, *grads)
 
     return wrapper
+
+
+def inplace_in_eager(inplace: bool) -> bool:
+    """``inplace``, except under ``torch.compile``, where in-place ops run out of place.
+
+    Dynamo refuses a Function that marks its input dirty and returns the result of an in-place
+    chain, and refuses writing into a view another Function returned (a compiled conv's output),
+    so the compiled path computes out of place; the compiler plans buffer reuse itself. Code
+    that uses the op's result (every torch.nn / torchvision model) gets the same numbers; only
+    code that reads the *input* after an in-place op would see it unmodified.
+    """
+    return inplace and not torch.compiler.is_compiling()

@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from cnnlab.functional._utils import first_order_only, opmath_dtype
+from cnnlab.functional._utils import first_order_only, inplace_in_eager, opmath_dtype
 
 
 class _ReLU(torch.autograd.Function):
@@ -26,6 +26,8 @@ class _ReLU(torch.autograd.Function):
     @first_order_only
     def backward(ctx, grad: torch.Tensor):
         (output,) = ctx.saved_tensors
+        if torch.compiler.is_compiling():  # dynamo refuses out= into a non-contiguous mask
+            return grad * (output > 0), None
         # g * [x > 0], with [x > 0] = [relu(x) > 0] written as 0/1 straight into the result's
         # buffer and multiplied in place: one allocation and two vectorised passes, where CPU
         # masked_fill/where cost several times more. Only a NaN activation, already fatal to
@@ -36,7 +38,7 @@ class _ReLU(torch.autograd.Function):
 
 def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """Drop-in for ``torch.nn.functional.relu``."""
-    return _ReLU.apply(input, inplace)
+    return _ReLU.apply(input, inplace_in_eager(inplace))
 
 
 def log_softmax_values(input: torch.Tensor, dim: int) -> torch.Tensor:

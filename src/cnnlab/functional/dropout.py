@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cnnlab.functional._utils import first_order_only
+from cnnlab.functional._utils import first_order_only, inplace_in_eager
 
 
 class _Dropout(torch.autograd.Function):
@@ -54,4 +54,4 @@ def dropout(
     # ATen returns the input itself in these cases; keeping that identity keeps eval graphs small.
     if not training or p == 0 or input.numel() == 0:
         return input
-    return _Dropout.apply(input, p, inplace)
+    return _Dropout.apply(input, p, inplace_in_eager(inplace))

@@ -1,4 +1,4 @@
-"""``nn.MaxPool2d`` / ``nn.AvgPool2d`` twins backed by the hand-written pooling Functions."""
+"""``nn.MaxPool2d`` / ``nn.AvgPool2d`` / ``nn.AdaptiveAvgPool2d`` twins backed by the hand-written pooling Functions."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from cnnlab.functional._utils import errors_named_after
+from cnnlab.functional.adaptive_pool import adaptive_avg_pool2d
 from cnnlab.functional.pooling import avg_pool2d, max_pool2d
 
 
@@ -39,3 +40,12 @@ class AvgPool2d(nn.AvgPool2d):
                 self.count_include_pad,
                 self.divisor_override,
             )
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """Same ``output_size`` (int, pair, ``None`` entries) and repr as ``torch.nn.AdaptiveAvgPool2d``;
+    the global pool before nearly every torchvision classifier."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        with errors_named_after(self):
+            return adaptive_avg_pool2d(input, self.output_size)

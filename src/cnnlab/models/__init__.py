@@ -9,6 +9,7 @@ from torch import nn
 from cnnlab.models.lenet5 import LeNet5
 from cnnlab.models.resnet import ResNet
 from cnnlab.models.seed_cnn import SeedCNN
+from cnnlab.models.torchvision import TorchvisionModel
 from cnnlab.models.vgg import VGG
 
 MODELS: dict[str, type[nn.Module]] = {
@@ -16,6 +17,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "lenet5": LeNet5,
     "vgg": VGG,
     "resnet": ResNet,
+    "torchvision": TorchvisionModel,
 }
 
-__all__ = ["MODELS", "VGG", "LeNet5", "ResNet", "SeedCNN"]
+__all__ = ["MODELS", "VGG", "LeNet5", "ResNet", "SeedCNN", "TorchvisionModel"]
