@@ -140,3 +140,17 @@ def test_a_checkpoint_that_does_not_fit_leaves_the_last_one_loadable(tmp_path: P
         save_torch(path, {"epoch": 2, "w": torch.ones(100_000)})
     assert torch.load(path, weights_only=True)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_checkpoint_flushes_the_loggers_first(tmp_path: Path) -> None:
+    """Rows the CSV logger still buffers reach metrics.csv when a checkpoint is taken, so a run
+    killed right after it has the history its checkpoint reflects."""
+    from cnnlab.training.callbacks import ExactResume
+    from cnnlab.training.loggers import CSVLogger
+
+    logger = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    logger.log_metrics({"val/acc": 0.5, "epoch": 0}, step=10)  # buffered: flush every 100 steps
+    metrics = Path(logger.log_dir) / "metrics.csv"
+    assert not metrics.exists()
+    ExactResume().on_save_checkpoint(SimpleNamespace(loggers=[logger]), None, {})
+    assert "0.5" in metrics.read_text()

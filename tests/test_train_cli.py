@@ -20,6 +20,7 @@ import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
+from cnnlab.optim import optimizer_class
 from cnnlab.paths import CONF_DIR
 from cnnlab.training.builders import (
     build_datamodule,
@@ -59,11 +60,17 @@ def test_every_config_group_composes(compose_config, group: str, option: str) ->
 
 
 @pytest.mark.parametrize("option", _options("optimizer"))
-def test_optimizers_build(compose_config, option: str) -> None:
-    cfg = compose_config(f"optimizer={option}")
+@pytest.mark.parametrize("impl", ["builtin", "custom"])
+def test_optimizers_build(compose_config, option: str, impl: str) -> None:
+    cfg = compose_config(f"optimizer={option}", f"optimizer.impl={impl}")
     params = [torch.nn.Parameter(torch.zeros(2))]
-    optimizer = instantiate(_without(dict(cfg.optimizer), ("full_batch",)))(params)
+    config = _without(dict(cfg.optimizer), ("full_batch", "impl"))
+    config["_target_"] = optimizer_class(cfg.optimizer)
+    optimizer = instantiate(config)(params)
     assert optimizer.defaults["lr"] == cfg.optimizer.lr
+    assert type(optimizer).__module__.startswith(
+        "cnnlab.optim" if impl == "custom" else "torch.optim"
+    )
 
 
 @pytest.mark.parametrize("option", _options("loss"))

@@ -91,7 +91,20 @@ def assert_twins_match(
         assert (grad_c is None) == (grad_b is None), name
         if grad_b is not None:
             assert grad_c.dtype == grad_b.dtype, name
-            torch.testing.assert_close(grad_c, grad_b, **tol, msg=lambda m, n=name: f"{n}: {m}")
+            torch.testing.assert_close(
+                grad_c, grad_b, **(tol or _grad_tol(grad_b)), msg=lambda m, n=name: f"{n}: {m}"
+            )
+
+
+def _grad_tol(grad: torch.Tensor) -> dict[str, float]:
+    """float32 tolerance for a gradient: weight and bias gradients are sums over every batch and
+    output position, summed in another order than ATen's, so their rounding grows with the sum
+    (1.2e-5 seen on a 1.09 entry of a dilated 4x4 kernel over 3x10x11 positions); the
+    ``assert_close`` defaults, made for single products, are too tight for them. float64 keeps
+    the defaults."""
+    if grad.dtype != torch.float32 or grad.numel() == 0:
+        return {}
+    return {"rtol": 1e-5, "atol": 1e-5 * max(1.0, grad.abs().max().item())}
 
 
 # -- the no-built-in-fallback guard -------------------------------------------------------------

@@ -237,6 +237,15 @@ class ExactResume(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"rng": capture_rng_states()}
 
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # The loggers buffer rows (the CSV logger writes every 100 steps): flush them before the
+        # checkpoint reaches the disk, or a kill right after it loses the rows it already
+        # reflects, and the resumed run's history skips them.
+        for logger in trainer.loggers:
+            logger.save()
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "rng" in state_dict:
             restore_rng_states(state_dict["rng"])
