@@ -7,6 +7,8 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from torchvision.models.convnext import LayerNorm2d
+from torchvision.ops import StochasticDepth
 
 import cnnlab.layers as custom
 from cnnlab.layers import convert
@@ -99,10 +101,10 @@ def test_unsupported_layers_and_subclasses_are_left_alone() -> None:
     class MyConv(nn.Conv2d):
         pass
 
-    gelu, conv1d, mine = nn.GELU(), nn.Conv1d(1, 1, 3), MyConv(1, 1, 3)
-    model = nn.Sequential(gelu, conv1d, mine, nn.Identity())
+    elu, conv1d, mine = nn.ELU(), nn.Conv1d(1, 1, 3), MyConv(1, 1, 3)
+    model = nn.Sequential(elu, conv1d, mine, nn.Identity())
     convert(model, to="custom")
-    assert model[0] is gelu and model[1] is conv1d and model[2] is mine
+    assert model[0] is elu and model[1] is conv1d and model[2] is mine
     assert type(model[3]) is nn.Identity
 
 
@@ -138,6 +140,10 @@ def test_custom_layers_hold_exactly_the_builtin_state(builtin: type[nn.Module]) 
         nn.SyncBatchNorm: (4,),
         nn.MaxPool2d: (2,),
         nn.AvgPool2d: (2,),
+        nn.AdaptiveAvgPool2d: (2,),
+        nn.LayerNorm: (4,),
+        LayerNorm2d: (4,),
+        StochasticDepth: (0.2, "row"),
     }.get(builtin, ())
     twin = getattr(custom, builtin.__name__)
     # SyncBatchNorm shares torch's base class only: DDP rejects torch.nn.SyncBatchNorm on CPU.
