@@ -32,18 +32,11 @@ from omegaconf import OmegaConf, open_dict
 from cnnlab.paths import CONF_DIR
 from cnnlab.training import cluster
 from cnnlab.training.errors import UserError
+from training_helpers import ONE_SHORT_EPOCH as QUICK
 from training_helpers import train_in_process
 
 pytestmark = pytest.mark.filterwarnings(
     r"ignore:\s*'hydra/launcher/submitit_\w+' is validated against"
-)
-
-QUICK = (
-    "trainer=cpu",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=4",
-    "trainer.limit_val_batches=2",
-    "viz.enabled=false",
 )
 
 

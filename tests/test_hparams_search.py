@@ -17,14 +17,7 @@ from cnnlab.train import objective  # noqa: E402
 from cnnlab.training import hparams_search  # noqa: E402
 from cnnlab.training.errors import UserError  # noqa: E402
 from cnnlab.training.summary import collect_runs  # noqa: E402
-
-QUICK = (
-    "trainer=cpu",
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=4",
-    "trainer.limit_val_batches=2",
-    "viz.enabled=false",
-)
+from training_helpers import ONE_SHORT_EPOCH as QUICK  # noqa: E402
 
 
 def test_objective_is_the_configured_metric_and_a_wrong_name_is_one_line() -> None:

@@ -20,19 +20,8 @@ from cnnlab.train import train
 from cnnlab.training.callbacks import capture_rng_states, restore_rng_states
 from cnnlab.training.loggers import read_rows_before
 from cnnlab.training.resume import resolve_checkpoint, resume_argv
+from training_helpers import NARROW_RUN as QUICK
 from training_helpers import compose_run
-
-#: a narrow network and short epochs: these tests check the resume machinery, not learning
-QUICK = (
-    "model.impl=builtin",
-    "model.channels=[8,16,16]",
-    "model.hidden=32",
-    "trainer.limit_train_batches=6",
-    "trainer.limit_val_batches=3",
-    "trainer.limit_test_batches=3",
-    "viz.enabled=false",
-    "trainer.enable_progress_bar=false",
-)
 
 
 # -- the command line of a resumed run ----------------------------------------------------------

@@ -12,6 +12,27 @@ from omegaconf import DictConfig, open_dict
 from cnnlab.paths import CONF_DIR
 from cnnlab.train import run
 
+#: a narrow network and short epochs, for tests of the run machinery (resume, optimizers), not
+#: of learning
+NARROW_RUN = (
+    "model.impl=builtin",
+    "model.channels=[8,16,16]",
+    "model.hidden=32",
+    "trainer.limit_train_batches=6",
+    "trainer.limit_val_batches=3",
+    "trainer.limit_test_batches=3",
+    "viz.enabled=false",
+    "trainer.enable_progress_bar=false",
+)
+#: one short CPU epoch, for tests of what launches runs (searches, cluster launchers)
+ONE_SHORT_EPOCH = (
+    "trainer=cpu",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "viz.enabled=false",
+)
+
 
 def compose_run(out_dir: Path, *overrides: str) -> DictConfig:
     """``train.yaml`` composed with ``overrides`` as a CLI run would get it, writing to ``out_dir``."""

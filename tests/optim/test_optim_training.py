@@ -15,19 +15,9 @@ import cnnlab.optim
 from cnnlab.optim import optimizer_class
 from cnnlab.train import train
 from cnnlab.training.validate import ConfigError, validate_config
+from training_helpers import NARROW_RUN as QUICK
 from training_helpers import compose_run
 
-#: a narrow network and short epochs where the run itself is under test, not learning
-QUICK = (
-    "model.impl=builtin",
-    "model.channels=[8,16,16]",
-    "model.hidden=32",
-    "trainer.limit_train_batches=6",
-    "trainer.limit_val_batches=3",
-    "trainer.limit_test_batches=3",
-    "viz.enabled=false",
-    "trainer.enable_progress_bar=false",
-)
 LOG_10 = math.log(10)  # cross-entropy of a uniform guess over the 10 digits
 
 
