@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -117,11 +118,15 @@ class RandomErasingOptions:
         chosen = (torch.rand(len(images)) < self.p).nonzero().flatten().tolist()
         if not chosen:
             return images
-        eraser = v2.RandomErasing(p=1.0, scale=self.scale, ratio=self.ratio, value=self.value)
         images = images.clone()
         for i in chosen:
-            images[i] = eraser(images[i])
+            images[i] = self._eraser(images[i])
         return images
+
+    @cached_property
+    def _eraser(self) -> v2.RandomErasing:
+        """v2's transform with p=1, built once: ``__call__`` has already drawn which images."""
+        return v2.RandomErasing(p=1.0, scale=self.scale, ratio=self.ratio, value=self.value)
 
 
 def per_image(transform: v2.Transform, images: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -111,10 +112,12 @@ class Augment:
     @property
     def enabled(self) -> bool:
         return bool(self.random_crop_padding or self.hflip or self.rotation) or bool(
-            self._policies() or self.random_erasing.p
+            self.policies or self.random_erasing.p
         )
 
-    def _policies(self) -> list:
+    @cached_property
+    def policies(self) -> list:
+        """The enabled v2 policy transforms, built once (not per batch): the options are frozen."""
         transforms = (self.randaugment.transform(), self.trivialaugment.transform())
         return [t for t in transforms if t is not None]
 
@@ -129,7 +132,7 @@ class Augment:
         if self.rotation:
             angles = (torch.rand(len(images)) * 2 - 1) * self.rotation
             images = rotate(images, angles)
-        return apply_policies(self._policies(), images, pixel_max)
+        return apply_policies(self.policies, images, pixel_max)
 
     def after_normalize(self, images: torch.Tensor) -> torch.Tensor:
         """What runs on the normalised float batch: RandomErasing, per image."""
