@@ -95,11 +95,9 @@ class Pruning(Callback):
         self.layers = check_layers(layers, "callbacks.prune.layers")
         self.schedule = check_choice(schedule, SCHEDULES, "callbacks.prune.schedule")
         for key, value in (("start_epoch", start_epoch), ("end_epoch", end_epoch)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise PruneConfigError(
-                    f"callbacks.prune.{key}={value!r} is not valid: expected an epoch number >= 0."
-                )
-            if value is not None and value < 0:
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0
+            ):
                 raise PruneConfigError(
                     f"callbacks.prune.{key}={value!r} is not valid: expected an epoch number >= 0."
                 )
