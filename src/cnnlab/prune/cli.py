@@ -51,6 +51,7 @@ from cnnlab.training.builders import (
 )
 from cnnlab.training.errors import user_errors_as_messages
 from cnnlab.training.module import ClassificationModule
+from cnnlab.training.resume import override_key
 from cnnlab.training.validate import validate_config
 
 log = logging.getLogger(__name__)
@@ -110,9 +111,7 @@ class Pruner:
         self.out = Path(cfg.paths.output_dir)
         self.ckpt_file = find_checkpoint(cfg.ckpt_path)
         trained, self.checkpoint = load_checkpoint(self.ckpt_file)
-        mine = [
-            o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".")[0] not in PRUNE_KEYS
-        ]
+        mine = [o for o in overrides if override_key(o).split(".")[0] not in PRUNE_KEYS]
         self.run_cfg = run_config(cfg, trained, mine)
         with open_dict(self.run_cfg):
             if cfg.finetune.lr is not None:

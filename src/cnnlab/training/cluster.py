@@ -26,14 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.training.errors import UserError
-from cnnlab.training.resume import LAST
+from cnnlab.training.resume import LAST, override_key
 
 #: what a rank > 0 adds to its Hydra overrides: no .hydra/ and no file log in the run folder
 NON_ZERO_RANK_OVERRIDES = ("hydra.output_subdir=null", "hydra/job_logging=stdout")
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def resume_overrides(overrides: Sequence[str], run_dir: str | Path) -> list[str]:
@@ -43,7 +39,7 @@ def resume_overrides(overrides: Sequence[str], run_dir: str | Path) -> list[str]
     last = Path(run_dir) / "checkpoints" / LAST
     if not last.is_file():
         return list(overrides)
-    kept = [o for o in overrides if _key(o) != "ckpt_path"]
+    kept = [o for o in overrides if override_key(o) != "ckpt_path"]
     return [*kept, f"ckpt_path={last.resolve()}"]
 
 
@@ -63,8 +59,8 @@ def rank_overrides(overrides: Sequence[str], rank: int) -> list[str]:
     overrides = list(overrides)
     if rank == 0:
         return overrides
-    given = {_key(o) for o in overrides}
-    return overrides + [o for o in NON_ZERO_RANK_OVERRIDES if _key(o) not in given]
+    given = {override_key(o) for o in overrides}
+    return overrides + [o for o in NON_ZERO_RANK_OVERRIDES if override_key(o) not in given]
 
 
 def rank_argv(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> list[str]:

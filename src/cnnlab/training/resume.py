@@ -59,7 +59,8 @@ def run_folder_of(checkpoint: str) -> Path | None:
     return None
 
 
-def _key(override: str) -> str:
+def override_key(override: str) -> str:
+    """The key a command-line override sets: ``+a.b=1``, ``~a.b`` and ``a.b=1`` all give ``a.b``."""
     return override.split("=", 1)[0].lstrip("+~")
 
 
@@ -75,9 +76,16 @@ def resume_argv(argv: Sequence[str]) -> list[str]:
     ``ckpt_path=`` is the ``last.ckpt`` of; unchanged when there is nothing to continue."""
     argv = list(argv)
     overrides = [a for a in argv if not a.startswith("-")]
-    ckpt = next((a.split("=", 1)[1] for a in reversed(overrides) if _key(a) == "ckpt_path"), "")
+    ckpt = next(
+        (a.split("=", 1)[1] for a in reversed(overrides) if override_key(a) == "ckpt_path"), ""
+    )
     multirun = any(a in _MULTIRUN_FLAGS for a in argv)
-    if not ckpt or ckpt == "null" or multirun or any(_key(a) == "hydra.run.dir" for a in argv):
+    if (
+        not ckpt
+        or ckpt == "null"
+        or multirun
+        or any(override_key(a) == "hydra.run.dir" for a in argv)
+    ):
         return argv
     try:
         checkpoint = resolve_checkpoint(ckpt)
@@ -88,9 +96,13 @@ def resume_argv(argv: Sequence[str]) -> list[str]:
     if overrides_file is None or not overrides_file.is_file():
         return argv
     earlier = [str(o) for o in OmegaConf.load(overrides_file)]
-    given = {_key(o) for o in overrides}
-    kept = [o for o in earlier if _key(o) not in given and not _key(o).startswith("hydra")]
-    new = [o for o in overrides if _key(o) != "ckpt_path"]
+    given = {override_key(o) for o in overrides}
+    kept = [
+        o
+        for o in earlier
+        if override_key(o) not in given and not override_key(o).startswith("hydra")
+    ]
+    new = [o for o in overrides if override_key(o) != "ckpt_path"]
     flags = [a for a in argv if a.startswith("-")]
     return [
         *flags,
