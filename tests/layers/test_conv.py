@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from layer_testing import BF16_TOL, assert_twins_match, layer_settings, twins
 
 import cnnlab.functional as CF
+import cnnlab.functional._conv_math as conv_math
 import cnnlab.functional._im2col as im2col_module
 import cnnlab.layers as L
 
@@ -163,6 +164,29 @@ def test_patch_matrix_built_in_batch_chunks_matches_one_shot(monkeypatch, stride
     builtin = nn.Conv2d(3, 5, 3, stride=stride, padding=1)
     builtin.load_state_dict(custom.state_dict())
     x = torch.randn(7, 3, 9, 9, dtype=torch.float64)
+    assert_twins_match(custom.double(), builtin.double(), x)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kernel_size": 3, "padding": 1},
+        {"kernel_size": (3, 2), "padding": (2, 0), "dilation": (2, 1), "stride": (1, 2)},
+        {"kernel_size": (1, 4), "padding": "same", "dilation": (1, 2)},
+        {"kernel_size": 5, "padding": 1, "bias": False},
+    ],
+    ids=["3x3", "dilated-h-strided-w", "1x4-same", "5x5-no-bias"],
+)
+@pytest.mark.parametrize("by_rows", [True, False], ids=["kernel-rows", "im2col"])
+def test_both_patch_layouts_match_torch(monkeypatch, kwargs: dict, by_rows: bool) -> None:
+    """The CPU's kernel-row correlation (used in float32/64 for stride 1 in height) and the
+    single im2col GEMM give torch's numbers, chunked or not, in forward and every gradient."""
+    monkeypatch.setattr(conv_math, "_by_kernel_rows", lambda *_: by_rows)
+    monkeypatch.setattr(im2col_module, "CPU_CHUNK_BYTES", 5000)
+    custom = L.Conv2d(3, 4, **kwargs)
+    builtin = nn.Conv2d(3, 4, **kwargs)
+    builtin.load_state_dict(custom.state_dict())
+    x = torch.randn(5, 3, 9, 10, dtype=torch.float64)
     assert_twins_match(custom.double(), builtin.double(), x)
 
 

@@ -33,12 +33,9 @@ def chunk_bytes(device: torch.device) -> int:
 def batch_chunks(n: int, bytes_per_image: int, device: torch.device) -> list[slice]:
     """Slices of the batch whose patch matrices take about :func:`chunk_bytes` each.
 
-    Under ``torch.compile`` the whole batch is one chunk: the unrolled loop would write each
-    chunk's rows into the output through a functionalised copy (and a symbolic batch size
-    would specialise the graph to each size), while inductor plans the one buffer's memory.
+    Compiled graphs run this code too, inside the custom operators of
+    :mod:`cnnlab.functional._kernels`, so the chunks are the same there.
     """
-    if torch.compiler.is_compiling() or not isinstance(n, int):
-        return [slice(0, n)]
     step = max(1, chunk_bytes(device) // max(1, bytes_per_image))
     return [slice(start, min(n, start + step)) for start in range(0, n, step)]
 
@@ -58,8 +55,6 @@ def pad_channels_last(x: torch.Tensor, padding: Padding4) -> torch.Tensor:
     nhwc = x.permute(0, 2, 3, 1)
     if not any(padding) and nhwc.is_contiguous():
         return nhwc
-    if torch.compiler.is_compiling():  # one op that inductor fuses, not a copy plus four fills
-        return torch.constant_pad_nd(nhwc, (0, 0, left, right, top, bottom)).contiguous()
     n, h, w, c = nhwc.shape
     padded = x.new_empty((n, h + top + bottom, w + left + right, c))
     padded[:, top : top + h, left : left + w] = nhwc
@@ -95,6 +90,24 @@ def im2col(
     cols = padded.new_empty((groups, n * ho * wo, kh * kw * cg))
     cols.view(patches.shape).copy_(patches)
     return cols
+
+
+def kernel_row_im2col(padded: torch.Tensor, kw: int, sw: int, dw: int) -> torch.Tensor:
+    """The pixels one kernel *row* covers, for every input row and output column.
+
+    Returns (N, Hp*Wo, kw*C), rows ordered (input row, output column): kw/(kh*kw) of
+    :func:`im2col`'s copy (a third for 3x3 kernels). With stride 1 in height, the patches of
+    kernel row ``i`` for every output are then the contiguous block of rows that starts at
+    ``i * dh * Wo``, a GEMM operand as it stands, so a convolution is ``kh`` GEMMs that
+    accumulate into the output.
+    """
+    n, hp, wp, c = padded.shape
+    wo = output_size(wp, kw, sw, dw)
+    s_n, s_h, s_w, s_c = padded.stride()
+    pixels = padded.as_strided((n, hp, wo, kw, c), (s_n, s_h, s_w * sw, s_w * dw, s_c))
+    rows = padded.new_empty((n, hp, wo, kw, c))
+    rows.copy_(pixels)
+    return rows.view(n, hp * wo, kw * c)
 
 
 def col2im_add_(

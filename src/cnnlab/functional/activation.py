@@ -27,7 +27,10 @@ class _ReLU(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (output,) = ctx.saved_tensors
         if torch.compiler.is_compiling():  # dynamo refuses out= into a non-contiguous mask
-            return grad * (output > 0), None
+            # sign(relu(x)) is the 0/1 mask as a float: a bool mask would make the partitioner
+            # save it from the forward kernel, and inductor's CPU bool stores run 5x slower
+            # than the whole ReLU.
+            return grad * output.sign(), None
         # g * [x > 0], with [x > 0] = [relu(x) > 0] written as 0/1 straight into the result's
         # buffer and multiplied in place: one allocation and two vectorised passes, where CPU
         # masked_fill/where cost several times more. Only a NaN activation, already fatal to
