@@ -50,7 +50,7 @@ def test_conv_operators_pass_opcheck(
     torch.library.opcheck(
         _kernels._conv2d_input_grad, (grad, padded, w, list(x.shape), stride, pad, dil, groups)
     )
-    torch.library.opcheck(_kernels._conv2d_weight_grad, (grad, padded, w, stride, dil, groups))
+    torch.library.opcheck(_kernels._conv2d_weight_grad, (grad, padded, w, stride, pad, dil, groups))
     # an NCHW-contiguous gradient, as a compiled graph may hand one over
     grad = grad.contiguous()
     torch.library.opcheck(

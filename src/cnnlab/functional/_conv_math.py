@@ -9,6 +9,7 @@ and the custom ops of :mod:`cnnlab.functional._compiled_ops`, which hand the ver
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -26,20 +27,24 @@ from cnnlab.functional._utils import opmath_dtype
 Pair = tuple[int, int]
 
 
+class ConvGeometry(NamedTuple):
+    """Everything about a convolution but its tensors, as the Function receives it."""
+
+    stride: Pair
+    padding: Padding4  # (top, bottom, left, right)
+    dilation: Pair
+    groups: int
+
+
 def conv_forward(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    stride: Pair,
-    padding: Padding4,
-    dilation: Pair,
-    groups: int,
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geometry: ConvGeometry
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(padded input (N, Hp, Wp, C), output (N, O, Ho, Wo) channels-last in memory).
 
     The padded input is what backward needs: rebuilding the patch matrix from it costs one copy
     and keeps the saved memory at the input's size instead of kh*kw times that.
     """
+    stride, padding, dilation, groups = geometry
     w_rows = _weight_rows(weight, groups)
     return _correlate(x, w_rows, bias, weight.shape[2:], stride, padding, dilation)
 
@@ -49,47 +54,32 @@ def conv_input_grad(
     padded: torch.Tensor,
     weight: torch.Tensor,
     x_shape: Sequence[int],
-    stride: Pair,
-    padding: Padding4,
-    dilation: Pair,
-    groups: int,
+    geometry: ConvGeometry,
 ) -> torch.Tensor:
     """dL/dx, (N, C, H, W) channels-last in memory."""
-    kh, kw = weight.shape[2:]
-    full = _full_padding((kh, kw), padding, dilation)
+    stride, padding, dilation, groups = geometry
+    kernel = (weight.shape[2], weight.shape[3])
+    full = _full_padding(kernel, padding, dilation)
     if stride == (1, 1) and min(full) >= 0:
         # dL/dx is the "full" correlation of G with the 180°-rotated, transposed kernel: the
         # forward routine again, which beats summing patches back (col2im).
         flipped = _flipped_weight_rows(weight, groups)
-        return _correlate(grad_out, flipped, None, (kh, kw), stride, full, dilation)[1]
+        return _correlate(grad_out, flipped, None, kernel, stride, full, dilation)[1]
+    w_rows = _weight_rows(weight, groups)
     grad_rows = _grad_rows(grad_out, groups)
-    return _col2im_grad(
-        grad_rows,
-        _weight_rows(weight, groups),
-        padded.shape,
-        x_shape,
-        (kh, kw),
-        stride,
-        padding,
-        dilation,
-    )
+    return _col2im_grad(grad_rows, w_rows, padded.shape, x_shape, kernel, geometry)
 
 
 def conv_weight_grad(
-    grad_out: torch.Tensor,
-    padded: torch.Tensor,
-    weight: torch.Tensor,
-    stride: Pair,
-    dilation: Pair,
-    groups: int,
+    grad_out: torch.Tensor, padded: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry
 ) -> torch.Tensor:
     """dL/dW, laid out exactly like the weight (strides included, even of size-1 dims): DDP's
     gradient buckets and fused optimizers expect ``grad.stride() == param.stride()``."""
+    stride, _, dilation, groups = geometry
     out_channels, in_per_group, kh, kw = weight.shape
     w_rows = _weight_rows(weight, groups)
-    rows = _weight_grad_rows(
-        _grad_rows(grad_out, groups), padded, w_rows, (kh, kw), stride, dilation
-    )
+    grad_rows = _grad_rows(grad_out, groups)
+    rows = _weight_grad_rows(grad_rows, padded, w_rows, (kh, kw), stride, dilation)
     grad_w = torch.empty_like(weight, memory_format=torch.preserve_format)
     grad_w.copy_(rows.view(out_channels, kh, kw, in_per_group).permute(0, 3, 1, 2))
     return grad_w
@@ -238,13 +228,12 @@ def _col2im_grad(
     grad_rows: torch.Tensor,
     w_rows: torch.Tensor,
     padded_shape: torch.Size,
-    x_shape: torch.Size,
+    x_shape: Sequence[int],
     kernel: Pair,
-    stride: Pair,
-    padding: Padding4,
-    dilation: Pair,
+    geometry: ConvGeometry,
 ) -> torch.Tensor:
     """dL/dx for strided or over-padded convolutions: col2im(G·W), a chunk of images at a time."""
+    stride, padding, dilation, _ = geometry
     n = padded_shape[0]
     rows_per_image = grad_rows.shape[1] // max(n, 1)
     # Overlapping patches add up to kh*kw contributions per pixel: sum them in float32.

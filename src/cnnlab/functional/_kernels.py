@@ -21,26 +21,18 @@ from collections.abc import Sequence
 import torch
 
 from cnnlab.functional import _conv_math, _max_pool_math
+from cnnlab.functional._conv_math import ConvGeometry
 from cnnlab.functional._im2col import output_size
 from cnnlab.functional._pool_windows import Dims, PoolGeometry, layout_of
 
-Pair = tuple[int, int]
-Padding4 = tuple[int, int, int, int]
-
 
 def conv_forward(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    stride: Pair,
-    padding: Padding4,
-    dilation: Pair,
-    groups: int,
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geometry: ConvGeometry
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(padded input, output): see :func:`cnnlab.functional._conv_math.conv_forward`."""
     if not torch.compiler.is_compiling():
-        return _conv_math.conv_forward(x, weight, bias, stride, padding, dilation, groups)
-    out, padded = _conv2d(x, weight, bias, stride, padding, dilation, groups)
+        return _conv_math.conv_forward(x, weight, bias, geometry)
+    out, padded = _conv2d(x, weight, bias, *geometry)
     return padded, out
 
 
@@ -49,32 +41,21 @@ def conv_input_grad(
     padded: torch.Tensor,
     weight: torch.Tensor,
     x_shape: Sequence[int],
-    stride: Pair,
-    padding: Padding4,
-    dilation: Pair,
-    groups: int,
+    geometry: ConvGeometry,
 ) -> torch.Tensor:
     """dL/dx of the convolution, channels-last in memory."""
     if not torch.compiler.is_compiling():
-        args = (grad_out, padded, weight, x_shape, stride, padding, dilation, groups)
-        return _conv_math.conv_input_grad(*args)
-    return _conv2d_input_grad(
-        grad_out, padded, weight, list(x_shape), stride, padding, dilation, groups
-    )
+        return _conv_math.conv_input_grad(grad_out, padded, weight, x_shape, geometry)
+    return _conv2d_input_grad(grad_out, padded, weight, list(x_shape), *geometry)
 
 
 def conv_weight_grad(
-    grad_out: torch.Tensor,
-    padded: torch.Tensor,
-    weight: torch.Tensor,
-    stride: Pair,
-    dilation: Pair,
-    groups: int,
+    grad_out: torch.Tensor, padded: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry
 ) -> torch.Tensor:
     """dL/dW of the convolution, with the weight's own strides."""
     if not torch.compiler.is_compiling():
-        return _conv_math.conv_weight_grad(grad_out, padded, weight, stride, dilation, groups)
-    return _conv2d_weight_grad(grad_out, padded, weight, stride, dilation, groups)
+        return _conv_math.conv_weight_grad(grad_out, padded, weight, geometry)
+    return _conv2d_weight_grad(grad_out, padded, weight, *geometry)
 
 
 def max_pool_forward(input: torch.Tensor, dims: Dims) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,9 +92,8 @@ def _conv2d(
     dilation: Sequence[int],
     groups: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    padded, out = _conv_math.conv_forward(
-        x, weight, bias, _pair(stride), _pad4(padding), _pair(dilation), groups
-    )
+    geometry = _geometry(stride, padding, dilation, groups)
+    padded, out = _conv_math.conv_forward(x, weight, bias, geometry)
     if padded.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
         padded = padded.clone()  # an operator's output may not alias its input
     return out, padded
@@ -141,9 +121,8 @@ def _conv2d_input_grad(
     dilation: Sequence[int],
     groups: int,
 ) -> torch.Tensor:
-    grad_x = _conv_math.conv_input_grad(
-        grad_out, padded, weight, x_shape, _pair(stride), _pad4(padding), _pair(dilation), groups
-    )
+    geometry = _geometry(stride, padding, dilation, groups)
+    grad_x = _conv_math.conv_input_grad(grad_out, padded, weight, x_shape, geometry)
     return _canonical(grad_x, torch.channels_last)  # col2im leaves a view of a border
 
 
@@ -158,25 +137,27 @@ def _conv2d_weight_grad(
     padded: torch.Tensor,
     weight: torch.Tensor,
     stride: Sequence[int],
+    padding: Sequence[int],
     dilation: Sequence[int],
     groups: int,
 ) -> torch.Tensor:
-    return _conv_math.conv_weight_grad(
-        grad_out, padded, weight, _pair(stride), _pair(dilation), groups
-    )
+    geometry = _geometry(stride, padding, dilation, groups)
+    return _conv_math.conv_weight_grad(grad_out, padded, weight, geometry)
 
 
 @_conv2d_weight_grad.register_fake
-def _(grad_out, padded, weight, stride, dilation, groups):
+def _(grad_out, padded, weight, stride, padding, dilation, groups):
     return torch.empty_like(weight, memory_format=torch.preserve_format)
 
 
-def _pair(values: Sequence[int]) -> Pair:
-    return (int(values[0]), int(values[1]))
-
-
-def _pad4(values: Sequence[int]) -> Padding4:
-    return tuple(int(v) for v in values)  # type: ignore[return-value]
+def _geometry(
+    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int
+) -> ConvGeometry:
+    """The operator schema's int lists back as the tuples the arithmetic compares with."""
+    pad4 = tuple(int(v) for v in padding)
+    return ConvGeometry(
+        (int(stride[0]), int(stride[1])), pad4, (int(dilation[0]), int(dilation[1])), int(groups)
+    )
 
 
 @torch.library.custom_op("cnnlab::max_pool2d", mutates_args=())

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from cnnlab.functional import _kernels as kernels
+from cnnlab.functional._conv_math import ConvGeometry
 from cnnlab.functional._im2col import Padding4
 from cnnlab.functional._utils import (
     cast_like_builtin_lowp,
@@ -51,33 +52,27 @@ class Conv2dFunction(torch.autograd.Function):
         x: torch.Tensor,
         weight: torch.Tensor,
         bias: torch.Tensor | None,
-        stride: Pair,
-        padding: Padding4,
-        dilation: Pair,
-        groups: int,
+        geometry: ConvGeometry,
     ) -> torch.Tensor:
-        padded, out = kernels.conv_forward(x, weight, bias, stride, padding, dilation, groups)
+        padded, out = kernels.conv_forward(x, weight, bias, geometry)
         # Keep the padded input rather than the 9x larger patch matrix: rebuilding cols in
         # backward costs one copy and keeps peak memory close to PyTorch's own convolution.
         ctx.save_for_backward(padded, weight)
-        ctx.geometry = (x.shape, stride, padding, dilation, groups)
+        ctx.x_shape, ctx.geometry = x.shape, geometry
         return out
 
     @staticmethod
     @first_order_only
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         padded, weight = ctx.saved_tensors
-        x_shape, stride, padding, dilation, groups = ctx.geometry
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = kernels.conv_input_grad(
-                grad_out, padded, weight, x_shape, stride, padding, dilation, groups
-            )
+            grad_x = kernels.conv_input_grad(grad_out, padded, weight, ctx.x_shape, ctx.geometry)
         if ctx.needs_input_grad[1]:
-            grad_w = kernels.conv_weight_grad(grad_out, padded, weight, stride, dilation, groups)
+            grad_w = kernels.conv_weight_grad(grad_out, padded, weight, ctx.geometry)
         if ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(dim=(0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None, None, None
+        return grad_x, grad_w, grad_b, None
 
 
 def conv2d(
@@ -107,7 +102,8 @@ def conv2d(
 
     x, weight, bias = cast_like_builtin_lowp(x, weight, bias)
     check_same_dtype(name, x, weight=weight, bias=bias)
-    out = Conv2dFunction.apply(x, weight, bias, stride, pads, dilation, groups)
+    geometry = ConvGeometry(stride, pads, dilation, groups)
+    out = Conv2dFunction.apply(x, weight, bias, geometry)
     return out.squeeze(0) if unbatched else out
 
 
