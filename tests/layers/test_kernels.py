@@ -45,7 +45,7 @@ def test_conv_operators_pass_opcheck(
     x, w, b = _conv_inputs(cin, cout, size, kernel, groups, dtype, channels_last)
     torch.library.opcheck(_kernels._conv2d, (x, w, b, stride, pad, dil, groups))
     torch.library.opcheck(_kernels._conv2d, (x, w, None, stride, pad, dil, groups))
-    out, padded = _kernels._conv2d(x, w, b, stride, pad, dil, groups)
+    padded, out = _kernels._conv2d(x, w, b, stride, pad, dil, groups)
     grad = torch.randn_like(out)
     torch.library.opcheck(
         _kernels._conv2d_input_grad, (grad, padded, w, list(x.shape), stride, pad, dil, groups)

@@ -1,7 +1,7 @@
 """The convolution's arithmetic: im2col + GEMM forward, and the two gradients.
 
 Shared by :class:`cnnlab.functional.conv.Conv2dFunction`, which calls it directly in eager mode,
-and the custom ops of :mod:`cnnlab.functional._compiled_ops`, which hand the very same code to
+and the custom ops of :mod:`cnnlab.functional._kernels`, which hand the very same code to
 ``torch.compile`` as opaque kernels. Every tensor with a spatial layout is channels-last here
 (see :mod:`cnnlab.functional._im2col`).
 """
@@ -77,9 +77,8 @@ def conv_weight_grad(
     gradient buckets and fused optimizers expect ``grad.stride() == param.stride()``."""
     stride, _, dilation, groups = geometry
     out_channels, in_per_group, kh, kw = weight.shape
-    w_rows = _weight_rows(weight, groups)
     grad_rows = _grad_rows(grad_out, groups)
-    rows = _weight_grad_rows(grad_rows, padded, w_rows, (kh, kw), stride, dilation)
+    rows = _weight_grad_rows(grad_rows, padded, groups, (kh, kw), stride, dilation)
     grad_w = torch.empty_like(weight, memory_format=torch.preserve_format)
     grad_w.copy_(rows.view(out_channels, kh, kw, in_per_group).permute(0, 3, 1, 2))
     return grad_w
@@ -114,7 +113,6 @@ def _correlate(
     padded = pad_channels_last(x, padding)
     n, hp, wp, _ = padded.shape
     ho, wo = output_size(hp, kh, sh, dh), output_size(wp, kw, sw, dw)
-    w_cols = w_rows.transpose(1, 2)
     out = torch.empty(
         (n, groups * out_per_group, ho, wo),
         dtype=padded.dtype,
@@ -124,6 +122,7 @@ def _correlate(
     if _by_kernel_rows(padded, groups, sh):
         _correlate_by_kernel_rows(padded, w_rows, bias, (kh, kw), sw, (dh, dw), out)
         return padded, out
+    w_cols = w_rows.transpose(1, 2)
     # (N*Ho*Wo, G*O/G) seen as (G, N*Ho*Wo, O/G): contiguous rows for one group.
     out_rows = out.permute(0, 2, 3, 1).view(n * ho * wo, groups, out_per_group).transpose(0, 1)
     for chunk in batch_chunks(n, ho * wo * k * padded.element_size(), padded.device):
@@ -187,7 +186,7 @@ def _correlate_by_kernel_rows(
 def _weight_grad_rows(
     grad_rows: torch.Tensor,
     padded: torch.Tensor,
-    w_rows: torch.Tensor,
+    groups: int,
     kernel: Pair,
     stride: Pair,
     dilation: Pair,
@@ -198,22 +197,22 @@ def _weight_grad_rows(
     chunks of bf16/fp16 data the partial products are formed and summed in float32, so the
     result is rounded once too, as a single GEMM (or cuDNN's weight gradient) would.
     """
-    n, groups = padded.shape[0], w_rows.shape[0]
+    n, columns = padded.shape[0], kernel[0] * kernel[1] * padded.shape[3] // groups
     rows_per_image = grad_rows.shape[1] // max(n, 1)
-    chunks = batch_chunks(
-        n, rows_per_image * w_rows.shape[2] * padded.element_size(), padded.device
-    )
+    chunks = batch_chunks(n, rows_per_image * columns * padded.element_size(), padded.device)
     if len(chunks) == 1:
         return torch.bmm(
             grad_rows.transpose(1, 2), im2col(padded, kernel, stride, dilation, groups)
         )
-    dtype, acc = opmath_dtype(w_rows.dtype), None
+    dtype, acc = opmath_dtype(padded.dtype), None
     for chunk in chunks:
         cols = im2col(padded[chunk], kernel, stride, dilation, groups).to(dtype)
         rows = grad_rows[:, chunk.start * rows_per_image : chunk.stop * rows_per_image]
         rows_t = rows.transpose(1, 2).to(dtype)
         acc = torch.bmm(rows_t, cols) if acc is None else acc.baddbmm_(rows_t, cols)
-    return acc if acc is not None else w_rows.new_zeros(w_rows.shape, dtype=dtype)  # no images
+    if acc is None:  # no images
+        return padded.new_zeros((groups, grad_rows.shape[2], columns), dtype=dtype)
+    return acc
 
 
 def _gemm(

@@ -32,8 +32,7 @@ def conv_forward(
     """(padded input, output): see :func:`cnnlab.functional._conv_math.conv_forward`."""
     if not torch.compiler.is_compiling():
         return _conv_math.conv_forward(x, weight, bias, geometry)
-    out, padded = _conv2d(x, weight, bias, *geometry)
-    return padded, out
+    return _conv2d(x, weight, bias, *geometry)
 
 
 def conv_input_grad(
@@ -96,7 +95,7 @@ def _conv2d(
     padded, out = _conv_math.conv_forward(x, weight, bias, geometry)
     if padded.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
         padded = padded.clone()  # an operator's output may not alias its input
-    return out, padded
+    return padded, out
 
 
 @_conv2d.register_fake
@@ -106,8 +105,7 @@ def _(x, weight, bias, stride, padding, dilation, groups):
     hp, wp = h + top + bottom, w + left + right
     ho = output_size(hp, weight.shape[2], stride[0], dilation[0])
     wo = output_size(wp, weight.shape[3], stride[1], dilation[1])
-    out = _empty((n, weight.shape[0], ho, wo), x.dtype, x.device)
-    return out, x.new_empty((n, hp, wp, c))
+    return x.new_empty((n, hp, wp, c)), _empty((n, weight.shape[0], ho, wo), x.dtype, x.device)
 
 
 @torch.library.custom_op("cnnlab::conv2d_input_grad", mutates_args=())
@@ -172,7 +170,7 @@ def _(input, dims):
     gh, gw = _dims(dims)
     shape = (*input.shape[:2], gh.out, gw.out)
     fmt = layout_of(input)
-    arg_dtype = torch.uint8 if gh.kernel * gw.kernel <= 256 else torch.int32
+    arg_dtype = _max_pool_math.position_dtype(gh.kernel * gw.kernel)
     return _empty(shape, input.dtype, input.device, fmt), _empty(
         shape, arg_dtype, input.device, fmt
     )

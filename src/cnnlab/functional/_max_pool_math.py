@@ -29,6 +29,11 @@ def max_pool_forward(input: torch.Tensor, dims: Dims) -> tuple[torch.Tensor, tor
     return _scan_max(pad_input(input, dims, -math.inf), dims, inside_input(dims))
 
 
+def position_dtype(taps: int) -> torch.dtype:
+    """The dtype of a window position: one byte up to 256 positions per window."""
+    return torch.uint8 if taps <= 256 else torch.int32
+
+
 def max_pool_backward(
     grad: torch.Tensor,
     arg: torch.Tensor,
@@ -106,8 +111,8 @@ def _scan_max(source: torch.Tensor, dims: Dims, inside: bool) -> tuple[torch.Ten
     larger or NaN, so ties keep the first maximum and the last NaN wins; padding (-inf) is never
     taken. In CPU eager mode the common NaN-free case skips the NaN test (fewer passes over
     memory); NaN still propagates through ``maximum``, and only then is the exact rule replayed.
-    Elsewhere that test would be a host sync (GPU) or a graph break (``torch.compile``), so the
-    exact rule always runs: compiled, it fuses into the same kernel anyway.
+    On a GPU that test would be a host sync, so the exact rule always runs there. (Compiled
+    graphs call this code through a custom operator, outside dynamo's tracing.)
     """
     if not host_checks_allowed(source):
         return _scan_taps(source, dims, inside, nan_aware=True)
@@ -132,7 +137,7 @@ def _scan_taps(
     gh, gw = dims
     taps = gh.kernel * gw.kernel
     first = source[..., gh.taps(0), gw.taps(0)]
-    arg = torch.empty_like(first, dtype=torch.uint8 if taps <= 256 else torch.int32)
+    arg = torch.empty_like(first, dtype=position_dtype(taps))
     if inside:  # every window starts at tap 0
         best, start = first.clone(), 1
         arg.zero_()
