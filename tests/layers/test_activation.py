@@ -173,8 +173,9 @@ def test_inplace_activation_overwrites_its_input_like_torch(name: str) -> None:
     out_ours = custom_cls(*args, inplace=True)(ours)
     out_theirs = builtin_cls(*args, inplace=True)(theirs)
     assert out_ours.data_ptr() == ours.data_ptr()
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
-    torch.testing.assert_close(out_ours, out_theirs, rtol=0, atol=0)
+    # float64 defaults, not bit equality: torch 2.11's SiLU kernel rounds differently from 2.14's
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(out_ours, out_theirs)
 
 
 def test_sigmoid_and_silu_tails_are_exact() -> None:

@@ -14,6 +14,7 @@ from layer_testing import EXAMPLES, assert_twins_match
 
 import cnnlab.functional as CF
 import cnnlab.layers as L
+from cnnlab.functional._utils import _torch_release
 from cnnlab.layers.convert import BUILTIN_TO_CUSTOM, CUSTOM_TO_BUILTIN
 from cnnlab.layers.ops import LAYERS, OPS
 
@@ -68,3 +69,28 @@ def test_every_op_matches_its_builtin_twin(op, dtype: torch.dtype) -> None:
     assert_twins_match(custom, builtin, example.input(dtype))
     for name, value in builtin.state_dict().items():
         torch.testing.assert_close(custom.state_dict()[name], value, msg=name)
+
+
+def _functions() -> list[type[torch.autograd.Function]]:
+    """Every ``autograd.Function`` defined in a module of :mod:`cnnlab.functional`."""
+    found = []
+    for info in pkgutil.iter_modules(CF.__path__):
+        module = importlib.import_module(f"{CF.__name__}.{info.name}")
+        found += [
+            value
+            for value in vars(module).values()
+            if isinstance(value, type)
+            and issubclass(value, torch.autograd.Function)
+            and value.__module__ == module.__name__
+        ]
+    return found
+
+
+def test_every_function_returns_fresh_outputs_when_compiled_on_torch_2_11() -> None:
+    """torch 2.11 compiles a Function that returns an in-place-written tensor into zero input
+    gradients (pytorch/pytorch#180642): each forward must carry ``fresh_outputs``."""
+    functions = _functions()
+    assert len(functions) >= 20
+    missing = [f.__name__ for f in functions if not getattr(f.forward, "fresh_outputs", False)]
+    assert not missing, f"decorate forward with @fresh_outputs: {missing}"
+    assert _torch_release("2.11.0+cu130") == (2, 11) and _torch_release("2.14.1") == (2, 14)

@@ -118,6 +118,43 @@ def errors_named_after(layer: torch.nn.Module) -> Iterator[None]:
         raise type(err)(f"{layer}: {err}") from None
 
 
+def _torch_release(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
+
+
+#: torch 2.11's dynamo returns zero input gradients for an ``autograd.Function`` whose forward
+#: returns a tensor written in place (``exp_().add_(1)``) or a no-op ``.to(dtype)`` of one: it
+#: adds the pre-mutation alias as a second output and autograd routes the gradient there
+#: (pytorch/pytorch#180642, fixed in 2.12). Silent: compiled training just stops learning.
+FORWARD_ALIAS_BUG = _torch_release(torch.__version__) == (2, 11)
+
+
+def fresh_outputs(forward: Callable) -> Callable:
+    """Mark a Function's forward to return fresh tensors when compiled on torch 2.11.
+
+    There (see :data:`FORWARD_ALIAS_BUG`) each output tensor is cloned under ``torch.compile``,
+    so no output shares its storage with an intermediate of the trace; in eager mode and on
+    every other torch release the forward is unchanged. Every Function of
+    :mod:`cnnlab.functional` carries it (``tests/layers/test_registry.py`` checks).
+    """
+    if not FORWARD_ALIAS_BUG:
+        forward.fresh_outputs = True
+        return forward
+
+    @functools.wraps(forward)
+    def wrapper(ctx, *args):
+        out = forward(ctx, *args)
+        if not torch.compiler.is_compiling():
+            return out
+        if isinstance(out, tuple):
+            return tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in out)
+        return out.clone()
+
+    wrapper.fresh_outputs = True
+    return wrapper
+
+
 def first_order_only(backward: Callable) -> Callable:
     """Mark a hand-written backward as first-order: asking for a graph of it is an error.
 

@@ -6,13 +6,14 @@ import warnings
 
 import torch
 
-from cnnlab.functional._utils import first_order_only, inplace_in_eager, opmath_dtype
+from cnnlab.functional._utils import first_order_only, fresh_outputs, inplace_in_eager, opmath_dtype
 
 
 class _ReLU(torch.autograd.Function):
     """``max(x, 0)``; backward derives the mask from the output, so nothing extra is stored."""
 
     @staticmethod
+    @fresh_outputs
     def forward(ctx, input: torch.Tensor, inplace: bool):
         if inplace:
             ctx.mark_dirty(input)
@@ -61,6 +62,7 @@ class _LogSoftmax(torch.autograd.Function):
     """``log_softmax``; backward ``g - softmax * sum(g)`` needs only the output."""
 
     @staticmethod
+    @fresh_outputs
     def forward(ctx, input: torch.Tensor, dim: int):
         output = log_softmax_values(input, dim)
         ctx.dim = dim

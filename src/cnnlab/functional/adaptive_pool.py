@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from cnnlab.functional._pool_windows import check_input, layout_of, to_batched
-from cnnlab.functional._utils import first_order_only, opmath_dtype
+from cnnlab.functional._utils import first_order_only, fresh_outputs, opmath_dtype
 
 
 def _windows(size: int, out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -29,6 +29,7 @@ class _AdaptiveAvgPool2d(torch.autograd.Function):
     """Adaptive average pooling over 4-D input; backward needs only the shapes."""
 
     @staticmethod
+    @fresh_outputs
     def forward(ctx, input: torch.Tensor, output_size: tuple[int, int]):
         ctx.input_shape, ctx.output_size = input.shape, output_size
         ctx.input_format = layout_of(input)

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from cnnlab.functional._utils import check_same_device, first_order_only, opmath_dtype
+from cnnlab.functional._utils import (
+    check_same_device,
+    first_order_only,
+    fresh_outputs,
+    opmath_dtype,
+)
 
 
 def _channel_view(t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -24,6 +29,7 @@ class _BatchNorm(torch.autograd.Function):
     """
 
     @staticmethod
+    @fresh_outputs
     def forward(ctx, input, weight, bias, mean, invstd, batch_stats: bool):
         x = input.to(opmath_dtype(input.dtype))
         scale = invstd if weight is None else invstd * weight

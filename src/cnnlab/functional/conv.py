@@ -30,6 +30,7 @@ from cnnlab.functional._utils import (
     check_same_device,
     check_same_dtype,
     first_order_only,
+    fresh_outputs,
     pair,
 )
 
@@ -47,6 +48,7 @@ class Conv2dFunction(torch.autograd.Function):
     """
 
     @staticmethod
+    @fresh_outputs
     def forward(
         ctx,
         x: torch.Tensor,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cnnlab.functional._utils import first_order_only, inplace_in_eager
+from cnnlab.functional._utils import first_order_only, fresh_outputs, inplace_in_eager
 
 
 class _Dropout(torch.autograd.Function):
@@ -15,6 +15,7 @@ class _Dropout(torch.autograd.Function):
     """
 
     @staticmethod
+    @fresh_outputs
     def forward(ctx, input: torch.Tensor, p: float, inplace: bool):
         ctx.p = p
         ctx.save_for_backward(keep := _keep_mask(input, p))

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import torch
 
-from cnnlab.functional._utils import first_order_only, inplace_in_eager
+from cnnlab.functional._utils import first_order_only, fresh_outputs, inplace_in_eager
 
 
 class _Hardtanh(torch.autograd.Function):
     """``clamp(x, min_val, max_val)``; saves a one-byte mask of the inputs strictly inside."""
 
     @staticmethod
+    @fresh_outputs
     def forward(ctx, input: torch.Tensor, min_val: float, max_val: float, inplace: bool):
         # ATen zeroes the gradient where x <= min or x >= max, so a NaN input passes it through.
         inside = torch.le(input, min_val).logical_or_(input >= max_val).logical_not_()
@@ -57,6 +58,7 @@ class _Hardsigmoid(torch.autograd.Function):
     """``clamp(x + 3, 0, 6) / 6``; slope 1/6 strictly inside (-3, 3), else 0 (a one-byte mask)."""
 
     @staticmethod
+    @fresh_outputs
     def forward(ctx, input: torch.Tensor, inplace: bool):
         ctx.save_for_backward(torch.gt(input, -3).logical_and_(input < 3))
         if inplace:
@@ -85,6 +87,7 @@ class _Hardswish(torch.autograd.Function):
     """
 
     @staticmethod
+    @fresh_outputs
     def forward(ctx, input: torch.Tensor, inplace: bool):
         gate = (input + 3).clamp_(0, 6)
         if inplace:

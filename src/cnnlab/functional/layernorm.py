@@ -16,6 +16,7 @@ from cnnlab.functional._utils import (
     cast_like_builtin_fp32,
     check_same_device,
     first_order_only,
+    fresh_outputs,
     opmath_dtype,
 )
 
@@ -24,6 +25,7 @@ class _LayerNorm(torch.autograd.Function):
     """Saves the input and the per-sample mean and 1/std (as the built-in), not ``x_hat``."""
 
     @staticmethod
+    @fresh_outputs
     def forward(ctx, input, weight, bias, dims: tuple[int, ...], eps: float):
         x = input.to(opmath_dtype(input.dtype))
         mean = x.mean(dims, keepdim=True)

@@ -19,6 +19,7 @@ from cnnlab.functional._utils import (
     check_same_device,
     check_same_dtype,
     first_order_only,
+    fresh_outputs,
 )
 
 
@@ -30,6 +31,7 @@ class LinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
+    @fresh_outputs
     def forward(
         ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:

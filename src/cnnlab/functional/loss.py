@@ -20,6 +20,7 @@ from cnnlab.functional._utils import (
     check_same_device,
     check_same_dtype,
     first_order_only,
+    fresh_outputs,
     host_checks_allowed,
 )
 from cnnlab.functional.activation import log_softmax_values
@@ -115,6 +116,7 @@ class _CrossEntropy(torch.autograd.Function):
     """Fused log-softmax + NLL; saves the log-probabilities and the (small) target."""
 
     @staticmethod
+    @fresh_outputs
     def forward(ctx, input, target, weight, ignore_index, reduction, smoothing):
         classes = _ClassTarget(target, weight, ignore_index, smoothing, input.shape[1])
         log_probs = log_softmax_values(input, 1)
@@ -146,6 +148,7 @@ class _NLLLoss(torch.autograd.Function):
     """``-w[y] * input[y]`` per sample; the gradient is that weight, negated, at ``y``."""
 
     @staticmethod
+    @fresh_outputs
     def forward(ctx, input, target, weight, ignore_index, reduction):
         classes = _ClassTarget(target, weight, ignore_index, 0.0, input.shape[1])
         loss = classes.loss(input)
@@ -268,6 +271,7 @@ class _MSELoss(torch.autograd.Function):
     """``w * (input - target)^2``; saves only the difference (and the optional weight)."""
 
     @staticmethod
+    @fresh_outputs
     def forward(ctx, input, target, weight, reduction):
         diff = input - target
         loss = diff * diff if weight is None else diff * diff * weight

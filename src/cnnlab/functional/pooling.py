@@ -25,7 +25,7 @@ from cnnlab.functional._pool_windows import (
     pool_geometry,
     to_batched,
 )
-from cnnlab.functional._utils import first_order_only, opmath_dtype
+from cnnlab.functional._utils import first_order_only, fresh_outputs, opmath_dtype
 
 
 class _MaxPool2d(torch.autograd.Function):
@@ -36,6 +36,7 @@ class _MaxPool2d(torch.autograd.Function):
     """
 
     @staticmethod
+    @fresh_outputs
     def forward(ctx, input, dims: tuple[PoolGeometry, PoolGeometry], return_indices: bool):
         output, arg = kernels.max_pool_forward(input, dims)
         ctx.dims, ctx.input_shape = dims, input.shape
@@ -61,6 +62,7 @@ class _AvgPool2d(torch.autograd.Function):
     """Average pooling over 4-D input; backward needs only shapes and the per-window divisor."""
 
     @staticmethod
+    @fresh_outputs
     def forward(ctx, input, dims, count_include_pad: bool, divisor_override: int | None):
         gh, gw = dims
         source = pad_input(input, dims, 0.0)

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from cnnlab.functional._utils import first_order_only, inplace_in_eager, opmath_dtype
+from cnnlab.functional._utils import first_order_only, fresh_outputs, inplace_in_eager, opmath_dtype
 
 
 def _logistic(x: torch.Tensor) -> torch.Tensor:
@@ -29,6 +29,7 @@ class _Sigmoid(torch.autograd.Function):
     """``1 / (1 + exp(-x))``; backward ``g * y * (1 - y)`` needs only the output."""
 
     @staticmethod
+    @fresh_outputs
     def forward(ctx, input: torch.Tensor):
         output = _logistic(_widened(input)).to(input.dtype)
         ctx.save_for_backward(output)
@@ -55,6 +56,7 @@ class _SiLU(torch.autograd.Function):
     """
 
     @staticmethod
+    @fresh_outputs
     def forward(ctx, input: torch.Tensor, inplace: bool):
         x = _widened(input)
         denominator = torch.neg(x).exp_().add_(1)  # 1 + exp(-x): ATen's x / (1 + exp(-x))
@@ -90,6 +92,7 @@ class _GELU(torch.autograd.Function):
     """``x * Phi(x)`` (or its tanh approximation); saves the input, as the built-in does."""
 
     @staticmethod
+    @fresh_outputs
     def forward(ctx, input: torch.Tensor, approximate: str):
         x = _widened(input)
         if approximate == "tanh":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from cnnlab.functional._utils import first_order_only
+from cnnlab.functional._utils import first_order_only, fresh_outputs
 
 MODES = ("batch", "row")
 
@@ -18,6 +18,7 @@ class _ScaleByMask(torch.autograd.Function):
     """``x * noise`` with a constant, broadcast noise; backward ``g * noise``."""
 
     @staticmethod
+    @fresh_outputs
     def forward(ctx, input: torch.Tensor, noise: torch.Tensor):
         ctx.save_for_backward(noise)
         return input * noise

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from cnnlab.functional._utils import opmath_dtype
+from cnnlab.functional._utils import fresh_outputs, opmath_dtype
 from cnnlab.functional.batchnorm import (
     _channel_view,
     _check_params,
@@ -79,6 +79,7 @@ class _SyncBatchNorm(torch.autograd.Function):
     """
 
     @staticmethod
+    @fresh_outputs
     def forward(ctx, input, weight, bias, mean, invstd, count, group):
         x = input.to(mean.dtype)
         scale = invstd if weight is None else invstd * weight
