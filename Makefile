@@ -5,6 +5,9 @@
 #   make test-fast                  the quick subset for development (-m "not slow")
 #   make gpu-check                  on a CUDA machine: gpu tests, GPU benchmarks, the article's
 #                                   experiment (5 seeds per impl), figures written into docs/
+#   make gpu-check-offline WHEELS=.whl ARGS="--budget 540 --out /tmp/out"
+#                                   the same on a GPU machine with torch & co. but no package
+#                                   index: no venv, hydra-core/omegaconf/antlr4 from WHEELS
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -12,7 +15,7 @@ STAMP  := $(VENV)/.cnnlab-installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train eval bench bench-step gpu-check test test-fast test-full lint format clean
+.PHONY: install train eval bench bench-step gpu-check gpu-check-offline test test-fast test-full lint format clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +38,12 @@ bench-step: install
 
 gpu-check: install
 	$(BIN)/python -m cnnlab.bench.gpu_check $(ARGS)
+
+WHEELS ?= .whl
+OFFLINE_SITE := /tmp/cnnlab-offline-site
+gpu-check-offline:
+	python3 -m pip install -q --no-index --no-deps --no-compile --target $(OFFLINE_SITE) $(WHEELS)/*.whl
+	PYTHONPATH=$(CURDIR)/src:$(OFFLINE_SITE) python3 -m cnnlab.bench.gpu_check $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)

@@ -123,7 +123,18 @@ def summary_line(label: str, results: list[LoopResult]) -> str:
     )
 
 
-TABLE_HEADER = "| loop | train s (10 epochs) | first step s | test acc % | seeds |\n| --- | --- | --- | --- | --- |"
+def table_header(epochs: int) -> str:
+    return (
+        f"| loop | train s ({epochs} epochs) | first step s | test acc % | seeds |\n"
+        "| --- | --- | --- | --- | --- |"
+    )
+
+
+def _time_for_another(done: list[LoopResult], started: float, limit: float | None) -> bool:
+    """Whether one more seed, taking as long as the slowest so far, ends within ``limit``."""
+    if limit is None:
+        return True
+    return time.perf_counter() - started + max(r.train_s for r in done) <= limit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,6 +142,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--impl", default="builtin,custom", help="comma list: builtin,custom")
     parser.add_argument("--compile", default="none", help=f"comma list of none|{'|'.join(MODES)}")
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        help="start no seed that would end past this many seconds (data loading counted)",
+    )
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data-dir", default="data", help="where an archive is extracted")
@@ -138,20 +154,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> str:
     """Every (impl, compile mode) for ``--seeds`` seeds; prints and returns a markdown table."""
+    started = time.perf_counter()
     device = torch.device(args.device)
     datamodule = ImageFolderDataModule(
         root=args.data, data_dir=args.data_dir, batch_size=args.batch, normalize=False
     )
     data = {split: load_split(datamodule, split, device) for split in ("train", "test")}
-    rows = [TABLE_HEADER]
+    rows = [table_header(args.epochs)]
     print(rows[0], flush=True)
     for impl in args.impl.split(","):
         for mode in args.compile.split(","):
             compile_mode = None if mode == "none" else mode
-            results = [
-                train_once(data, impl, compile_mode, seed, args.epochs, args.batch)
-                for seed in range(args.seeds)
-            ]
+            results: list[LoopResult] = []
+            for seed in range(args.seeds):
+                if results and not _time_for_another(results, started, args.max_seconds):
+                    break
+                results.append(train_once(data, impl, compile_mode, seed, args.epochs, args.batch))
             rows.append(summary_line(f"{impl}, compile={mode}", results))
             print(rows[-1], flush=True)
     return "\n".join(rows)
