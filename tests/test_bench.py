@@ -278,28 +278,29 @@ def test_loop_starts_no_seed_that_would_end_past_its_limit() -> None:
     assert not _time_for_another(done, now - 7.0, 10.0)  # 7 s gone + 4 s more > 10 s
 
 
-def test_gpu_check_gives_each_command_its_share_and_goes_on_after_one_is_stopped() -> None:
+def test_gpu_check_keeps_time_for_later_commands_and_goes_on_after_one_is_stopped() -> None:
     from cnnlab.bench.gpu_check import Check, Task, run_tasks
 
     def sleeper(seconds: float):
         code = f"import time; print('| row |'); time.sleep({seconds}); print('| late |')"
         return lambda timeout_s: ["-c", code]
 
-    check = Check(deadline=time.monotonic() + 18)
+    check = Check(deadline=time.monotonic() + 16)
     written: list[int] = []
     tasks = [
-        Task("a", "slow", sleeper(60), 1, "benchmarks.md", "slow:"),
-        Task("b", "quick", sleeper(0), 2, "results.md", "quick:"),
+        Task("a", "slow", sleeper(60), "benchmarks.md", "slow:"),
+        Task("b", "quick", sleeper(0), "results.md", "quick:"),
+        Task("c", "last", sleeper(0), "results.md", "last:"),
     ]
     started = time.monotonic()
-    run_tasks(tasks, check, lambda c: written.append(len(c.log)))
+    run_tasks(tasks, check, lambda c: written.append(len(c.log)), floor_s=5)
 
-    assert time.monotonic() - started < 30  # the slow one was stopped at its third of 18 s
-    assert check.log[0].startswith("- slow: stopped at its 6 s share")
-    assert check.log[1].startswith("- quick: ok")
-    assert not check.ok and written == [1, 2]
+    assert time.monotonic() - started < 30  # the slow one was stopped 2 x 5 s before the end
+    assert check.log[0].startswith("- slow: stopped at its 6 s of the budget")
+    assert check.log[1].startswith("- quick: ok") and check.log[2].startswith("- last: ok")
+    assert not check.ok and written == [1, 2, 3]
     assert check.sections["benchmarks.md"] == ["slow:\n\n| row |"]  # kept what it printed
-    assert check.sections["results.md"] == ["quick:\n\n| row |\n| late |"]
+    assert check.sections["results.md"][0] == "quick:\n\n| row |\n| late |"
 
 
 def test_gpu_check_only_picks_commands_by_their_keys(capsys) -> None:
@@ -312,7 +313,9 @@ def test_gpu_check_only_picks_commands_by_their_keys(capsys) -> None:
     assert tuple(task.key for task in tasks) == gpu_check.KEYS
     with pytest.raises(SystemExit, match="2"):
         gpu_check.main(["--rehearse", "--data", ".", "--only", "tests,nope"])
-    assert "--only: unknown nope; choose from tests, step-seed" in capsys.readouterr().err
+    assert (
+        "--only: unknown nope; choose from step-seed, loop-custom, tests" in capsys.readouterr().err
+    )
 
 
 def test_gpu_check_reads_pytest_closing_line() -> None:
@@ -322,7 +325,15 @@ def test_gpu_check_reads_pytest_closing_line() -> None:
         "6 passed, 2 skipped, 1766 deselected in 80.12s"
     )
     assert pytest_summary("==== 1 failed, 5 passed in 3.1s ====") == "1 failed, 5 passed in 3.1s"
-    assert pytest_summary("no tests ran") == ""
+    stopped = (
+        "tests/gpu/test_a.py::test_x[seed] PASSED [ 10%]\n"
+        "tests/gpu/test_a.py::test_y FAILED [ 20%]\n"
+        "tests/layers/test_b.py::test_z PASSED [ 30%]\n"
+    )
+    assert pytest_summary(stopped) == (
+        "stopped after 2 passed, 1 failed; failed: tests/gpu/test_a.py::test_y"
+    )
+    assert pytest_summary("no tests ran") == "stopped after no test"
 
 
 @pytest.mark.slow

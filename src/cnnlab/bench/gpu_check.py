@@ -8,22 +8,24 @@
 
 On a machine with a CUDA GPU it runs, most wanted figures first:
 
-1. the ``gpu``-marked tests (every layer vs ``torch.nn`` on CUDA in fp32 and bf16; compiled and
+1. the whole-step benchmark of the article's CNN (batch 512, bf16), eager and compiled with
+   CUDA graphs, custom and built-in;
+2. the article's experiment as a plain PyTorch loop with the hand-written layers, compiled with
+   CUDA graphs, ``--seeds`` seeds, mean ± std;
+3. the ``gpu``-marked tests (every layer vs ``torch.nn`` on CUDA in fp32 and bf16; compiled and
    CUDA-graph-replayed steps equal eager; a 1-GPU run and, with 2+ GPUs, a DDP run);
-2. the whole-step benchmark of the article's CNN (batch 512, bf16), eager and compiled with
-   CUDA graphs;
-3. the article's experiment as a plain PyTorch loop: built-in eager (the baseline), then both
-   impls compiled with CUDA graphs, ``--seeds`` seeds each, mean ± std;
-4. the same experiment through ``cnnlab-train experiment=seed_cifar10``, custom and builtin;
-5. the whole-step benchmark of ResNet-20 and the layer benchmark;
+4. the plain loop with built-in layers, eager (the baseline) and with CUDA graphs;
+5. the experiment through ``cnnlab-train experiment=seed_cifar10``, custom and builtin;
+6. the whole-step benchmark of ResNet-20 and the layer benchmark;
 
 and replaces the block between ``<!-- gpu-check:start -->`` and ``<!-- gpu-check:end -->`` in
 ``docs/benchmarks.md`` and ``docs/results.md`` with what it measured, the card named, after
-every command, so an interrupted run keeps what it finished. ``--budget`` bounds the whole run:
-each command gets a share of the time left and is stopped at it (seeded runs stop starting new
-seeds), so a machine lent for minutes still returns every kind of figure. ``--out`` also copies
-the log and both documents there, for a machine whose checkout is thrown away. Without a GPU it
-says so and exits 0: there is nothing to check.
+every command, so an interrupted run keeps what it finished. ``--budget`` bounds the whole run
+for a GPU lent for minutes: each command may use the time left but a floor for each one after
+it, and is stopped there (seeded runs stop starting seeds in time), so what does not fit is the
+least wanted; ``--only`` runs the rest in a second call. ``--out`` also copies the log and both
+documents there, for a machine whose checkout is thrown away. Without a GPU it says so and
+exits 0: there is nothing to check.
 """
 
 from __future__ import annotations
@@ -51,28 +53,29 @@ DOCS = ("benchmarks.md", "results.md")
 START, END = "<!-- gpu-check:start -->", "<!-- gpu-check:end -->"
 #: The commands, in the order they run (``--only`` picks some).
 KEYS = (
-    "tests",
     "step-seed",
-    "loop-baseline",
     "loop-custom",
+    "tests",
+    "loop-baseline",
     "loop-builtin",
     "train",
     "step-resnet",
     "layers",
 )
+#: Seconds of the budget kept for each command still to come.
+FLOOR_S = 30
 #: Seconds a seeded command keeps for what follows its last seed (evaluation, printing).
 SEED_MARGIN_S = 10
 
 
 @dataclass
 class Task:
-    """One command of the check: ``argv(timeout_s)`` for ``python``, its share of the time left,
-    and the document (``benchmarks.md`` or ``results.md``) its figures go into."""
+    """One command of the check: ``argv(timeout_s)`` for ``python`` and the document
+    (``benchmarks.md`` or ``results.md``) its figures go into."""
 
     key: str  # what --only names it by
     title: str
     argv: Callable[[float], list[str]]
-    share: float
     doc: str
     caption: str
     figures: Callable[[str], str] = lambda stdout: table_of(stdout)
@@ -95,10 +98,19 @@ def table_of(stdout: str) -> str:
 
 
 def pytest_summary(stdout: str) -> str:
-    """pytest's closing line ("12 passed, 3 skipped in 80.1s"), or nothing."""
+    """pytest's closing line ("12 passed, 3 skipped in 80.1s"), or for a run stopped before it,
+    the outcomes of its ``-v`` lines so far."""
     outcome = re.compile(r"\d+ (passed|failed|skipped|deselected|errors?|xfailed|xpassed)\b.* in ")
     lines = [line.strip("= ") for line in stdout.splitlines() if outcome.search(line)]
-    return lines[-1] if lines else ""
+    if lines:
+        return lines[-1]
+    verdicts = re.findall(r"::\S+ (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)", stdout)
+    counts = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
+    done = ", ".join(f"{n} {v.lower()}" for v, n in counts.items())
+    failed = re.findall(r"(\S+::\S+) (?:FAILED|ERROR)", stdout)
+    return f"stopped after {done or 'no test'}" + (
+        f"; failed: {', '.join(failed)}" if failed else ""
+    )
 
 
 def run(
@@ -128,7 +140,7 @@ def run(
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
-        status = f"stopped at its {timeout_s:.0f} s share of the budget"
+        status = f"stopped at its {timeout_s:.0f} s of the budget"
     print((stdout + stderr)[-20000:], flush=True)
     if transcript is not None:
         with transcript.open("a") as file:
@@ -136,13 +148,14 @@ def run(
     return f"{status}, {time.monotonic() - started:.0f} s", stdout
 
 
-def run_tasks(tasks: list[Task], check: Check, write: Callable[[Check], None]) -> None:
-    """Each task in turn with its share of the time left; figures written after each."""
+def run_tasks(
+    tasks: list[Task], check: Check, write: Callable[[Check], None], floor_s: float = FLOOR_S
+) -> None:
+    """Each task in turn, keeping ``floor_s`` of the budget for each one after it; figures
+    written after each."""
     for index, task in enumerate(tasks):
-        left = check.deadline - time.monotonic()
-        shares = sum(t.share for t in tasks[index:])
-        timeout_s = left * task.share / shares
-        if timeout_s < 5:
+        timeout_s = check.deadline - time.monotonic() - floor_s * (len(tasks) - index - 1)
+        if timeout_s < floor_s / 2:  # less than half what was kept for it: not worth a start
             check.log.append(f"- {task.title}: skipped (no time left in the budget)")
             check.ok = False
             continue
@@ -218,17 +231,25 @@ def build_tasks(args: argparse.Namespace, data: str, sizes: Sizes, sweep: Path) 
     epochs, seeds = str(args.epochs), str(args.seeds)
     loop = ["loop", "--data", data, "--device", sizes.device, "--epochs", epochs]
 
-    def seeded(argv: list[str]) -> Callable[[float], list[str]]:
-        """``argv`` that stops starting seeds early enough to finish in its time."""
-        return lambda timeout_s: [
-            *argv,
-            "--max-seconds",
-            f"{max(1, timeout_s - SEED_MARGIN_S):.0f}",
-        ]
+    def loop_task(key: str, title: str, argv: list[str]) -> Task:
+        """A ``cnnlab-bench loop`` command that starts no seed it could not finish in time."""
+        return Task(
+            key,
+            title,
+            lambda timeout_s: [*bench, *argv, "--max-seconds", f"{timeout_s - SEED_MARGIN_S:.0f}"],
+            "results.md",
+            f"Plain PyTorch loop, data on the device (`cnnlab-bench {' '.join(argv)}`):",
+        )
 
-    baseline = [*bench, *loop, "--impl", "builtin", "--compile", "none", "--seeds", "1"]
+    baseline = [*loop, "--impl", "builtin", "--compile", "none", "--seeds", "1"]
+    fast = (
+        "CUDA graphs"
+        if sizes.compile_mode == "reduce-overhead"
+        else f"compile={sizes.compile_mode}"
+    )
     graphs = ["--compile", sizes.compile_mode, "--seeds", seeds]
-    tests = ["-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"]
+    # -v: a line per test as it ends, so a run stopped by the budget still tells what passed
+    tests = ["-m", "pytest", "-m", "gpu", "-v", "-p", "no:cacheprovider", "tests"]
     train = [
         "-m",
         "cnnlab.train",
@@ -247,52 +268,33 @@ def build_tasks(args: argparse.Namespace, data: str, sizes: Sizes, sweep: Path) 
     ]
     return [
         Task(
+            "step-seed",
+            "step benchmark seed_cnn",
+            lambda _: [*bench, *step, "--model", "seed_cnn", "--batch", str(sizes.seed_batch)],
+            "benchmarks.md",
+            f"{step_caption}, seed CNN, batch {sizes.seed_batch}, {sizes.precision}:",
+        ),
+        loop_task(
+            "loop-custom", f"plain loop, custom, {fast}", [*loop, "--impl", "custom", *graphs]
+        ),
+        Task(
             "tests",
             "gpu tests",
             lambda _: tests,
-            3,
             "benchmarks.md",
             "`pytest -m gpu`",
             pytest_summary,
         ),
-        Task(
-            "step-seed",
-            "step benchmark seed_cnn",
-            lambda _: [*bench, *step, "--model", "seed_cnn", "--batch", str(sizes.seed_batch)],
-            2,
-            "benchmarks.md",
-            f"{step_caption}, seed CNN, batch {sizes.seed_batch}, {sizes.precision}:",
-        ),
-        Task(
-            "loop-baseline",
-            "plain loop, built-in eager",
-            seeded(baseline),
-            1,
-            "results.md",
-            f"Plain PyTorch loop (`cnnlab-bench {' '.join(loop)}`), data on the device; "
-            "built-in eager is the baseline:",
-        ),
-        Task(
-            "loop-custom",
-            f"plain loop, custom, compile={sizes.compile_mode}",
-            seeded([*bench, *loop, "--impl", "custom", *graphs]),
-            2,
-            "results.md",
-            f"`--impl custom --compile {sizes.compile_mode}`:",
-        ),
-        Task(
+        loop_task("loop-baseline", "plain loop, built-in eager (the baseline)", baseline),
+        loop_task(
             "loop-builtin",
-            f"plain loop, built-in, compile={sizes.compile_mode}",
-            seeded([*bench, *loop, "--impl", "builtin", *graphs]),
-            1.5,
-            "results.md",
-            f"`--impl builtin --compile {sizes.compile_mode}`:",
+            f"plain loop, built-in, {fast}",
+            [*loop, "--impl", "builtin", *graphs],
         ),
         Task(
             "train",
             "cnnlab-train experiment=seed_cifar10",
             lambda _: train,
-            3,
             "results.md",
             f"`cnnlab-train -m {' '.join(train[3:-1])}` ({sweep.name}):",
             lambda _: lightning_runs(sweep),
@@ -301,7 +303,6 @@ def build_tasks(args: argparse.Namespace, data: str, sizes: Sizes, sweep: Path) 
             "step-resnet",
             "step benchmark resnet",
             lambda _: [*bench, *step, "--model", "resnet", "--batch", str(sizes.resnet_batch)],
-            1.5,
             "benchmarks.md",
             f"{step_caption}, ResNet-20, batch {sizes.resnet_batch}, {sizes.precision}:",
         ),
@@ -313,7 +314,6 @@ def build_tasks(args: argparse.Namespace, data: str, sizes: Sizes, sweep: Path) 
                 *("layers", "--device", sizes.device, "--batch", str(sizes.layer_batch)),
                 *sizes.step_repeats,
             ],
-            1,
             "benchmarks.md",
             f"Layers (`cnnlab-bench layers --device {sizes.device} --batch {sizes.layer_batch}`):",
         ),
@@ -322,9 +322,13 @@ def build_tasks(args: argparse.Namespace, data: str, sizes: Sizes, sweep: Path) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpu-check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(REPO.parent / "shared/data/cifar10-jpeg.tar.gz"))
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument(
+        "--data",
+        default=str(REPO.parent / "shared/data/cifar10-jpeg.tar.gz"),
+        help="CIFAR-10 as an ImageFolder folder or .tar.gz (default: %(default)s)",
+    )
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per impl (default: 5)")
+    parser.add_argument("--epochs", type=int, default=10, help="of the experiment (default: 10)")
     parser.add_argument(
         "--budget", type=float, help="seconds for the whole run (default: no limit)"
     )
