@@ -38,6 +38,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,34 +119,50 @@ def run(
 ) -> tuple[str, str]:
     """Run ``python argv`` in its own process group, stopped after ``timeout_s``.
 
-    Returns (status, stdout). Everything it printed is echoed either way, and a stopped command's
-    children (a sweep's jobs, data-loader workers) are stopped with it.
+    Returns (status, output: stdout and stderr together). The output is echoed and appended to
+    ``transcript`` line by line as it comes, so a machine taken away mid-command still has it,
+    and a stopped command's children (a sweep's jobs, data-loader workers) are stopped with it.
     """
-    header = f"\n=== {title} (at most {timeout_s:.0f} s)\n$ python {' '.join(argv)}"
-    print(header, flush=True)
+    header = f"\n=== {title} (at most {timeout_s:.0f} s)\n$ python {' '.join(argv)}\n"
+    log = transcript.open("a") if transcript is not None else None
+    lines: list[str] = []
+
+    def echo(text: str) -> None:
+        print(text, end="", flush=True)
+        if log is not None:
+            log.write(text)
+            log.flush()
+
+    echo(header)
     started = time.monotonic()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, *argv],
         cwd=REPO,
-        env=env,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
+
+    def pump() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            echo(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     try:
-        stdout, stderr = process.communicate(timeout=max(1.0, timeout_s))
+        process.wait(timeout=max(1.0, timeout_s))
         status = "ok" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
+        process.wait()
         status = f"stopped at its {timeout_s:.0f} s of the budget"
-    print((stdout + stderr)[-20000:], flush=True)
-    if transcript is not None:
-        with transcript.open("a") as file:
-            file.write(f"{header}\n{stdout}{stderr}")
-    return f"{status}, {time.monotonic() - started:.0f} s", stdout
+    reader.join(timeout=10)
+    if log is not None:
+        log.close()
+    return f"{status}, {time.monotonic() - started:.0f} s", "".join(lines)
 
 
 def run_tasks(
