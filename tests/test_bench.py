@@ -279,7 +279,7 @@ def test_loop_starts_no_seed_that_would_end_past_its_limit() -> None:
 
 
 def test_gpu_check_keeps_time_for_later_commands_and_goes_on_after_one_is_stopped() -> None:
-    from cnnlab.bench.gpu_check import Check, Task, run_tasks
+    from cnnlab.bench.budget import Check, Task, run_tasks
 
     def sleeper(seconds: float):
         code = f"import time; print('| row |'); time.sleep({seconds}); print('| late |')"

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import torch
 from torch.autograd.function import once_differentiable
+from torch.torch_version import TorchVersion
 
 
 def pair(value: int | Sequence[int], name: str = "argument") -> tuple[int, int]:
@@ -118,16 +119,16 @@ def errors_named_after(layer: torch.nn.Module) -> Iterator[None]:
         raise type(err)(f"{layer}: {err}") from None
 
 
-def _torch_release(version: str) -> tuple[int, int]:
-    major, minor = version.split(".")[:2]
-    return int(major), int(minor)
+def has_forward_alias_bug(version: str) -> bool:
+    """Whether torch ``version``'s dynamo returns zero input gradients for an
+    ``autograd.Function`` whose forward returns a tensor written in place (``exp_().add_(1)``)
+    or a no-op ``.to(dtype)`` of one: it adds the pre-mutation alias as a second output and
+    autograd routes the gradient there (pytorch/pytorch#180642, in 2.11, fixed in 2.12).
+    Silent: compiled training just stops learning."""
+    return (2, 11) <= TorchVersion(version) < (2, 12)
 
 
-#: torch 2.11's dynamo returns zero input gradients for an ``autograd.Function`` whose forward
-#: returns a tensor written in place (``exp_().add_(1)``) or a no-op ``.to(dtype)`` of one: it
-#: adds the pre-mutation alias as a second output and autograd routes the gradient there
-#: (pytorch/pytorch#180642, fixed in 2.12). Silent: compiled training just stops learning.
-FORWARD_ALIAS_BUG = _torch_release(torch.__version__) == (2, 11)
+FORWARD_ALIAS_BUG = has_forward_alias_bug(torch.__version__)
 
 
 def fresh_outputs(forward: Callable) -> Callable:
