@@ -57,6 +57,19 @@ def conv_weight_grad(
     return _conv2d_weight_grad(grad_out, padded, weight, *geometry)
 
 
+def conv_backward(
+    grad_out: torch.Tensor,
+    padded: torch.Tensor,
+    weight: torch.Tensor,
+    x_shape: Sequence[int],
+    geometry: ConvGeometry,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dL/dx, dL/dW) when both are needed: one operator, so the two can share a patch matrix."""
+    if not torch.compiler.is_compiling():
+        return _conv_math.conv_backward(grad_out, padded, weight, x_shape, geometry)
+    return _conv2d_backward(grad_out, padded, weight, list(x_shape), *geometry)
+
+
 def max_pool_forward(input: torch.Tensor, dims: Dims) -> tuple[torch.Tensor, torch.Tensor]:
     """(output, window position of each max): see :mod:`cnnlab.functional._max_pool_math`."""
     if not torch.compiler.is_compiling():
@@ -146,6 +159,28 @@ def _conv2d_weight_grad(
 @_conv2d_weight_grad.register_fake
 def _(grad_out, padded, weight, stride, padding, dilation, groups):
     return torch.empty_like(weight, memory_format=torch.preserve_format)
+
+
+@torch.library.custom_op("cnnlab::conv2d_backward", mutates_args=())
+def _conv2d_backward(
+    grad_out: torch.Tensor,
+    padded: torch.Tensor,
+    weight: torch.Tensor,
+    x_shape: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    geometry = _geometry(stride, padding, dilation, groups)
+    grad_x, grad_w = _conv_math.conv_backward(grad_out, padded, weight, x_shape, geometry)
+    return _canonical(grad_x, torch.channels_last), grad_w
+
+
+@_conv2d_backward.register_fake
+def _(grad_out, padded, weight, x_shape, stride, padding, dilation, groups):
+    grad_w = torch.empty_like(weight, memory_format=torch.preserve_format)
+    return _empty(x_shape, grad_out.dtype, grad_out.device), grad_w
 
 
 def _geometry(

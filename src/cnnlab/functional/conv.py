@@ -68,9 +68,13 @@ class Conv2dFunction(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         padded, weight = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:
+            grad_x, grad_w = kernels.conv_backward(
+                grad_out, padded, weight, ctx.x_shape, ctx.geometry
+            )
+        elif ctx.needs_input_grad[0]:
             grad_x = kernels.conv_input_grad(grad_out, padded, weight, ctx.x_shape, ctx.geometry)
-        if ctx.needs_input_grad[1]:
+        elif ctx.needs_input_grad[1]:
             grad_w = kernels.conv_weight_grad(grad_out, padded, weight, ctx.geometry)
         if ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(dim=(0, 2, 3))
