@@ -178,16 +178,27 @@ def test_patch_matrix_built_in_batch_chunks_matches_one_shot(monkeypatch, stride
     ids=["3x3", "dilated-h-strided-w", "1x4-same", "5x5-no-bias"],
 )
 @pytest.mark.parametrize("by_rows", [True, False], ids=["kernel-rows", "im2col"])
-def test_both_patch_layouts_match_torch(monkeypatch, kwargs: dict, by_rows: bool) -> None:
-    """The CPU's kernel-row correlation (used in float32/64 for stride 1 in height) and the
-    single im2col GEMM give torch's numbers, chunked or not, in forward and every gradient."""
+@pytest.mark.parametrize("by_column", [True, False], ids=["wgrad-by-column", "wgrad-by-row"])
+def test_both_patch_layouts_match_torch(
+    monkeypatch, kwargs: dict, by_rows: bool, by_column: bool
+) -> None:
+    """The CPU's kernel-row correlation (used in float32/64 for stride 1 in height), the single
+    im2col GEMM and the transposed patch matrix of few-channel weight gradients give torch's
+    numbers, chunked or not, in forward and every gradient."""
     monkeypatch.setattr(conv_math, "_by_kernel_rows", lambda *_: by_rows)
+    monkeypatch.setattr(conv_math, "_by_column", lambda *_: by_column)
     monkeypatch.setattr(im2col_module, "CPU_CHUNK_BYTES", 5000)
     custom = L.Conv2d(3, 4, **kwargs)
     builtin = nn.Conv2d(3, 4, **kwargs)
     builtin.load_state_dict(custom.state_dict())
     x = torch.randn(5, 3, 9, 10, dtype=torch.float64)
     assert_twins_match(custom.double(), builtin.double(), x)
+    # a first layer: no input gradient, so the weight gradient is computed on its own
+    g = torch.randn(builtin(x).shape, dtype=torch.float64)
+    for twin in (custom, builtin):
+        twin.zero_grad(set_to_none=True)
+        twin(x).backward(g)
+    torch.testing.assert_close(custom.weight.grad, builtin.weight.grad)
 
 
 def test_training_after_inference_mode() -> None:

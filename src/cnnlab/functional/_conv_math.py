@@ -18,6 +18,7 @@ from cnnlab.functional._im2col import (
     batch_chunks,
     col2im_add_,
     im2col,
+    im2col_by_column,
     kernel_row_im2col,
     output_size,
     pad_channels_last,
@@ -170,6 +171,17 @@ def _by_kernel_rows(padded: torch.Tensor, groups: int, stride_h: int) -> bool:
     return padded.device.type == "cpu" and full_precision and groups == 1 and stride_h == 1
 
 
+def _by_column(
+    padded: torch.Tensor, groups: int, kernel: Pair, stride: Pair, dilation: Pair
+) -> bool:
+    """Whether the weight gradient's patch matrix is built transposed (:func:`im2col_by_column`):
+    on the CPU, when that copy's runs (a row of output pixels) are longer than im2col's (one
+    patch row's channels), as for the first layer's 3 colour channels."""
+    wo = output_size(padded.shape[2], kernel[1], stride[1], dilation[1])
+    runs_of_channels = kernel[1] * padded.shape[3] if dilation[1] == 1 else padded.shape[3]
+    return padded.device.type == "cpu" and groups == 1 and wo > runs_of_channels
+
+
 def _correlate_by_kernel_rows(
     padded: torch.Tensor,
     w_rows: torch.Tensor,
@@ -288,6 +300,14 @@ def _weight_grad_rows(
     n, columns = padded.shape[0], kernel[0] * kernel[1] * padded.shape[3] // groups
     rows_per_image = grad_rows.shape[1] // max(n, 1)
     chunks = batch_chunks(n, rows_per_image * columns * padded.element_size(), padded.device)
+    if _by_column(padded, groups, kernel, stride, dilation):
+        dtype = opmath_dtype(padded.dtype)
+        acc = padded.new_zeros((columns, grad_rows.shape[2]), dtype=dtype)  # dL/dWᵀ
+        for chunk in chunks:
+            cols_t = im2col_by_column(padded[chunk], kernel, stride, dilation).to(dtype)
+            rows = grad_rows[0, chunk.start * rows_per_image : chunk.stop * rows_per_image]
+            acc.addmm_(cols_t, rows.to(dtype))
+        return acc.t().unsqueeze(0)
     if len(chunks) == 1:
         return torch.bmm(
             grad_rows.transpose(1, 2), im2col(padded, kernel, stride, dilation, groups)
