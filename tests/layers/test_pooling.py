@@ -152,6 +152,20 @@ def test_avg_pool_matches_torch(config, count_include_pad, divisor_override, dty
     assert_twins_match(custom, builtin, laid_out(x, layout))
 
 
+@pytest.mark.parametrize("divisor_override", [None, 5])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_global_avg_pool_matches_torch(dtype, layout, divisor_override) -> None:
+    """A window as large as the input (ResNet's last pool) is one reduction, not 64 slices."""
+    custom, builtin = twins(L.AvgPool2d, nn.AvgPool2d, (8, 6), divisor_override=divisor_override)
+    x = torch.randn(4, 5, 8, 6, generator=torch.Generator().manual_seed(0)).to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    tol = BF16_TOL if dtype == torch.bfloat16 else {}
+    assert_twins_match(custom, builtin, x, **tol)
+    assert CF.avg_pool2d(x, (8, 6)).shape == (4, 5, 1, 1)
+
+
 @pytest.mark.parametrize("kwargs", [{"kernel_size": 2}, {"kernel_size": 3, "padding": 1}], ids=str)
 def test_max_pool_routes_nan_and_minus_inf_like_torch(kwargs: dict) -> None:
     """ATen takes the last NaN of a window; an all -inf window keeps its first in-bounds element."""
