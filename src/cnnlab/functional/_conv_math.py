@@ -8,7 +8,7 @@ and the custom ops of :mod:`cnnlab.functional._kernels`, which hand the very sam
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -26,6 +26,8 @@ from cnnlab.functional._im2col import (
 from cnnlab.functional._utils import opmath_dtype
 
 Pair = tuple[int, int]
+#: Called with each batch chunk and its kernel-row patch matrix.
+ChunkHook = Callable[[slice, torch.Tensor], None]
 
 
 class ConvGeometry(NamedTuple):
@@ -61,7 +63,7 @@ def conv_input_grad(
     stride, padding, dilation, groups = geometry
     kernel = (weight.shape[2], weight.shape[3])
     full = _full_padding(kernel, padding, dilation)
-    if stride == (1, 1) and min(full) >= 0:
+    if _correlates_back(stride, full):
         # dL/dx is the "full" correlation of G with the 180°-rotated, transposed kernel: the
         # forward routine again, which beats summing patches back (col2im).
         flipped = _flipped_weight_rows(weight, groups)
@@ -96,14 +98,18 @@ def conv_backward(
     padded output gradient, the weight gradient reuses that correlation's patch matrix
     (:func:`_backward_by_kernel_rows`) instead of building im2col's, three times larger."""
     stride, padding, dilation, groups = geometry
-    kernel = (weight.shape[2], weight.shape[3])
-    full = _full_padding(kernel, padding, dilation)
-    if stride == (1, 1) and min(full) >= 0 and _by_kernel_rows(padded, groups, 1):
+    full = _full_padding((weight.shape[2], weight.shape[3]), padding, dilation)
+    if _correlates_back(stride, full) and _by_kernel_rows(padded, groups, 1):
         return _backward_by_kernel_rows(grad_out, padded, weight, x_shape, geometry)
     return (
         conv_input_grad(grad_out, padded, weight, x_shape, geometry),
         conv_weight_grad(grad_out, padded, weight, geometry),
     )
+
+
+def _correlates_back(stride: Pair, full: Padding4) -> bool:
+    """Whether dL/dx is a stride-1 correlation of the output gradient padded by ``full``."""
+    return stride == (1, 1) and min(full) >= 0
 
 
 def _grad_rows(grad_out: torch.Tensor, groups: int) -> torch.Tensor:
@@ -122,6 +128,7 @@ def _correlate(
     stride: Pair,
     padding: Padding4,
     dilation: Pair,
+    each_chunk: ChunkHook | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """im2col + GEMM (batched over groups); returns (padded input, NCHW channels-last output).
 
@@ -142,8 +149,9 @@ def _correlate(
         memory_format=torch.channels_last,
     )
     if _by_kernel_rows(padded, groups, sh):
-        _correlate_by_kernel_rows(padded, w_rows, bias, (kh, kw), sw, (dh, dw), out)
+        _correlate_by_kernel_rows(padded, w_rows, bias, (kh, kw), sw, (dh, dw), out, each_chunk)
         return padded, out
+    assert each_chunk is None, "only the kernel-row path hands its patch matrix on"
     w_cols = w_rows.transpose(1, 2)
     # (N*Ho*Wo, G*O/G) seen as (G, N*Ho*Wo, O/G): contiguous rows for one group.
     out_rows = out.permute(0, 2, 3, 1).view(n * ho * wo, groups, out_per_group).transpose(0, 1)
@@ -190,11 +198,13 @@ def _correlate_by_kernel_rows(
     stride_w: int,
     dilation: Pair,
     out: torch.Tensor,
+    each_chunk: ChunkHook | None = None,
 ) -> None:
     """``out = Σ_i rows_i @ W_iᵀ (+ b)`` over kernel rows i, written into ``out`` (channels-last).
 
     ``rows_i`` is a block of :func:`kernel_row_im2col`'s matrix and ``W_i`` the weight's columns
     for kernel row i, (O, kw*C): the same products as one im2col GEMM, grouped by kernel row.
+    ``each_chunk(chunk, rows)`` is then handed each chunk's matrix, for other sums over it.
     """
     (kh, kw), (dh, dw) = kernel, dilation
     n, hp, _, c = padded.shape
@@ -204,31 +214,18 @@ def _correlate_by_kernel_rows(
     row_bytes = hp * wo * kw * c * padded.element_size()
     for chunk in batch_chunks(n, row_bytes, padded.device):
         rows = kernel_row_im2col(padded[chunk], kw, stride_w, dw)  # (m, Hp*Wo, kw*C)
-        _sum_kernel_rows(rows, w_by_row, bias, dh * wo, out_rows[chunk])
-
-
-def _sum_kernel_rows(
-    rows: torch.Tensor,
-    w_by_row: torch.Tensor,
-    bias: torch.Tensor | None,
-    row_step: int,
-    target: torch.Tensor,
-) -> None:
-    """``target = Σ_i rows[:, i*row_step : i*row_step + M] @ w_by_row[i] (+ b)``, per image.
-
-    ``rows`` is (m, R, kw*C) from :func:`kernel_row_im2col`, ``w_by_row`` (kh, kw*C, O) and
-    ``target`` (m, M, O), written in place.
-    """
-    m, positions = target.shape[0], target.shape[1]
-    for i in range(w_by_row.shape[0]):
-        patches = rows[:, i * row_step : i * row_step + positions]
-        weight = w_by_row[i].expand(m, -1, -1)
-        if i > 0:
-            target.baddbmm_(patches, weight)
-        elif bias is None:
-            torch.bmm(patches, weight, out=target)
-        else:
-            torch.baddbmm(bias.view(1, 1, -1), patches, weight, out=target)
+        target = out_rows[chunk]
+        for i in range(kh):
+            patches = rows[:, i * dh * wo : i * dh * wo + ho * wo]
+            weight = w_by_row[i].expand(target.shape[0], -1, -1)
+            if i > 0:
+                target.baddbmm_(patches, weight)
+            elif bias is None:
+                torch.bmm(patches, weight, out=target)
+            else:
+                torch.baddbmm(bias.view(1, 1, -1), patches, weight, out=target)
+        if each_chunk is not None:
+            each_chunk(chunk, rows)
 
 
 def _backward_by_kernel_rows(
@@ -253,29 +250,24 @@ def _backward_by_kernel_rows(
     """
     _, padding, dilation, _ = geometry
     out_channels, in_channels, kh, kw = weight.shape
-    (dh, dw), (top, _, left, _) = dilation, padding
-    n, h, w = x_shape[0], x_shape[2], x_shape[3]
-    reach_h = dh * (kh - 1)
-    grad_padded = pad_channels_last(grad_out, _full_padding((kh, kw), padding, dilation))
-    flipped = _flipped_weight_rows(weight, 1)[0]  # (C, kh*kw*O)
-    w_by_row = flipped.view(in_channels, kh, kw * out_channels).permute(1, 2, 0)
-    grad_x = torch.empty(
-        x_shape, dtype=padded.dtype, device=padded.device, memory_format=torch.channels_last
-    )
-    grad_x_rows = grad_x.permute(0, 2, 3, 1).view(n, h * w, in_channels)
+    (top, _, left, _), h, w = padding, x_shape[2], x_shape[3]
+    reach_h = dilation[0] * (kh - 1)
     acc = padded.new_zeros((kh, kw * out_channels, in_channels))
-    row_bytes = (h + reach_h) * w * kw * out_channels * padded.element_size()
-    for chunk in batch_chunks(n, row_bytes, padded.device):
-        rows = kernel_row_im2col(grad_padded[chunk], kw, 1, dw)  # (m, (H+reach)*W, kw*O)
-        _sum_kernel_rows(rows, w_by_row, None, dh * w, grad_x_rows[chunk])
+
+    def weight_grad(chunk: slice, rows: torch.Tensor) -> None:
         x = padded.new_empty((rows.shape[0], h + reach_h, w, in_channels))
         x[:, :h] = padded[chunk, top : top + h, left : left + w]
         x[:, h:].zero_()
         flat_rows, flat_x = rows.flatten(0, 1), x.flatten(0, 2)
         length = flat_x.shape[0]
         for i in range(kh):
-            offset = i * dh * w
+            offset = i * dilation[0] * w
             acc[i].addmm_(flat_rows[offset:].t(), flat_x[: length - offset])
+
+    kernel = (kh, kw)
+    full = _full_padding(kernel, padding, dilation)
+    flipped = _flipped_weight_rows(weight, 1)
+    _, grad_x = _correlate(grad_out, flipped, None, kernel, (1, 1), full, dilation, weight_grad)
     # acc[i][j*O + o, c] = dW[o, c, kh-1-i, kw-1-j]
     by_position = acc.view(kh, kw, out_channels, in_channels).flip(0, 1).permute(2, 3, 0, 1)
     grad_w = torch.empty_like(weight, memory_format=torch.preserve_format)

@@ -123,6 +123,15 @@ def layout_of(t: torch.Tensor) -> torch.memory_format:
     return torch.channels_last
 
 
+def spread_over_input(
+    share: torch.Tensor, shape: Sequence[int], dtype: torch.dtype, fmt: torch.memory_format
+) -> torch.Tensor:
+    """Backward of a global pool: each (N, C, 1, 1) ``share`` copied to every pixel of its
+    plane, as a ``dtype`` tensor of ``shape`` in layout ``fmt`` (one pass, no expanded view)."""
+    grad_input = torch.empty(tuple(shape), dtype=dtype, device=share.device, memory_format=fmt)
+    return grad_input.copy_(share.expand(tuple(shape)))
+
+
 def window_offsets(dims: tuple[PoolGeometry, PoolGeometry], device: torch.device) -> torch.Tensor:
     """Flat ``ih * W + iw`` offset of each window position relative to the window's origin."""
     gh, gw = dims

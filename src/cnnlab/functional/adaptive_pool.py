@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from cnnlab.functional._pool_windows import check_input, layout_of, to_batched
+from cnnlab.functional._pool_windows import (
+    check_input,
+    layout_of,
+    spread_over_input,
+    to_batched,
+)
 from cnnlab.functional._utils import first_order_only, fresh_outputs, opmath_dtype
 
 
@@ -49,11 +54,7 @@ class _AdaptiveAvgPool2d(torch.autograd.Function):
         g = grad.to(opmath_dtype(grad.dtype))
         if ctx.output_size == (1, 1):
             share = g / (h * w)
-            grad_input = torch.empty(
-                ctx.input_shape, dtype=grad.dtype, device=grad.device,
-                memory_format=ctx.input_format,
-            )  # fmt: skip
-            return grad_input.copy_(share.expand(ctx.input_shape)), None
+            return spread_over_input(share, ctx.input_shape, grad.dtype, ctx.input_format), None
         rows, cols = _matrices(ctx.input_shape, ctx.output_size, g.dtype, g.device)
         counts = rows.sum(1)[:, None] * cols.sum(1)[None, :]
         with _no_autocast(g):

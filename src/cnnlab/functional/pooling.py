@@ -23,6 +23,7 @@ from cnnlab.functional._pool_windows import (
     layout_of,
     pad_input,
     pool_geometry,
+    spread_over_input,
     to_batched,
 )
 from cnnlab.functional._utils import first_order_only, fresh_outputs, opmath_dtype
@@ -88,11 +89,8 @@ class _AvgPool2d(torch.autograd.Function):
         share = grad / ctx.divisor
         n, c = ctx.input_shape[:2]
         if _one_window(ctx.dims):
-            grad_input = torch.empty(
-                ctx.input_shape, dtype=grad.dtype, device=grad.device,
-                memory_format=ctx.input_format,
-            )  # fmt: skip
-            return grad_input.copy_(share.expand(ctx.input_shape)), None, None, None
+            grad_input = spread_over_input(share, ctx.input_shape, grad.dtype, ctx.input_format)
+            return grad_input, None, None, None
         grad_padded = torch.empty(
             (n, c, gh.padded, gw.padded),
             dtype=grad.dtype,
