@@ -45,19 +45,15 @@ def test_conv_operators_pass_opcheck(
     x, w, b = _conv_inputs(cin, cout, size, kernel, groups, dtype, channels_last)
     torch.library.opcheck(_kernels._conv2d, (x, w, b, stride, pad, dil, groups))
     torch.library.opcheck(_kernels._conv2d, (x, w, None, stride, pad, dil, groups))
-    padded, out = _kernels._conv2d(x, w, b, stride, pad, dil, groups)
+    out = _kernels._conv2d(x, w, b, stride, pad, dil, groups)
     grad = torch.randn_like(out)
-    torch.library.opcheck(
-        _kernels._conv2d_input_grad, (grad, padded, w, list(x.shape), stride, pad, dil, groups)
-    )
-    torch.library.opcheck(_kernels._conv2d_weight_grad, (grad, padded, w, stride, pad, dil, groups))
-    both = (grad, padded, w, list(x.shape), stride, pad, dil, groups)
+    both = (grad, x, w, stride, pad, dil, groups)
+    torch.library.opcheck(_kernels._conv2d_input_grad, both)
+    torch.library.opcheck(_kernels._conv2d_weight_grad, both)
     torch.library.opcheck(_kernels._conv2d_backward, both)
     # an NCHW-contiguous gradient, as a compiled graph may hand one over
     grad = grad.contiguous()
-    torch.library.opcheck(
-        _kernels._conv2d_input_grad, (grad, padded, w, list(x.shape), stride, pad, dil, groups)
-    )
+    torch.library.opcheck(_kernels._conv2d_input_grad, (grad, *both[1:]))
     torch.library.opcheck(_kernels._conv2d_backward, (grad, *both[1:]))
 
 

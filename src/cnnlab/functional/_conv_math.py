@@ -2,8 +2,12 @@
 
 Shared by :class:`cnnlab.functional.conv.Conv2dFunction`, which calls it directly in eager mode,
 and the custom ops of :mod:`cnnlab.functional._kernels`, which hand the very same code to
-``torch.compile`` as opaque kernels. Every tensor with a spatial layout is channels-last here
-(see :mod:`cnnlab.functional._im2col`).
+``torch.compile`` as opaque kernels. Every tensor built here is channels-last (see
+:mod:`cnnlab.functional._im2col`); inputs may come in either layout.
+
+The input is zero-padded a batch chunk at a time, into the same memory as the chunk before,
+just ahead of its patch matrix: padding it whole was one more pass over fresh memory per
+convolution, and a padded copy that backward kept alive beside the input itself.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from cnnlab.functional._im2col import (
     im2col_by_column,
     kernel_row_im2col,
     output_size,
-    pad_channels_last,
+    padded_chunks,
+    padded_shape,
+    workspace,
 )
 from cnnlab.functional._utils import opmath_dtype
 
@@ -41,11 +47,12 @@ class ConvGeometry(NamedTuple):
 
 def conv_forward(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geometry: ConvGeometry
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(padded input (N, Hp, Wp, C), output (N, O, Ho, Wo) channels-last in memory).
+) -> torch.Tensor:
+    """The output (N, O, Ho, Wo), channels-last in memory.
 
-    The padded input is what backward needs: rebuilding the patch matrix from it costs one copy
-    and keeps the saved memory at the input's size instead of kh*kw times that.
+    Backward needs only ``x`` itself (kept by reference, as PyTorch's convolution keeps it):
+    rebuilding a patch matrix from it costs one copy and keeps the saved memory at the input's
+    size instead of kh*kw times that.
     """
     stride, padding, dilation, groups = geometry
     w_rows = _weight_rows(weight, groups)
@@ -53,13 +60,9 @@ def conv_forward(
 
 
 def conv_input_grad(
-    grad_out: torch.Tensor,
-    padded: torch.Tensor,
-    weight: torch.Tensor,
-    x_shape: Sequence[int],
-    geometry: ConvGeometry,
+    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry
 ) -> torch.Tensor:
-    """dL/dx, (N, C, H, W) channels-last in memory."""
+    """dL/dx, (N, C, H, W) channels-last in memory; only ``x``'s shape is read."""
     stride, padding, dilation, groups = geometry
     kernel = (weight.shape[2], weight.shape[3])
     full = _full_padding(kernel, padding, dilation)
@@ -67,43 +70,38 @@ def conv_input_grad(
         # dL/dx is the "full" correlation of G with the 180°-rotated, transposed kernel: the
         # forward routine again, which beats summing patches back (col2im).
         flipped = _flipped_weight_rows(weight, groups)
-        return _correlate(grad_out, flipped, None, kernel, stride, full, dilation)[1]
+        return _correlate(grad_out, flipped, None, kernel, stride, full, dilation)
     w_rows = _weight_rows(weight, groups)
     grad_rows = _grad_rows(grad_out, groups)
-    return _col2im_grad(grad_rows, w_rows, padded.shape, x_shape, kernel, geometry)
+    return _col2im_grad(grad_rows, w_rows, x.shape, kernel, geometry)
 
 
 def conv_weight_grad(
-    grad_out: torch.Tensor, padded: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry
+    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry
 ) -> torch.Tensor:
     """dL/dW, laid out exactly like the weight (strides included, even of size-1 dims): DDP's
     gradient buckets and fused optimizers expect ``grad.stride() == param.stride()``."""
-    stride, _, dilation, groups = geometry
     out_channels, in_per_group, kh, kw = weight.shape
-    grad_rows = _grad_rows(grad_out, groups)
-    rows = _weight_grad_rows(grad_rows, padded, groups, (kh, kw), stride, dilation)
+    grad_rows = _grad_rows(grad_out, geometry.groups)
+    rows = _weight_grad_rows(grad_rows, x, (kh, kw), geometry)
     grad_w = torch.empty_like(weight, memory_format=torch.preserve_format)
     grad_w.copy_(rows.view(out_channels, kh, kw, in_per_group).permute(0, 3, 1, 2))
     return grad_w
 
 
 def conv_backward(
-    grad_out: torch.Tensor,
-    padded: torch.Tensor,
-    weight: torch.Tensor,
-    x_shape: Sequence[int],
-    geometry: ConvGeometry,
+    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dL/dx, dL/dW) together: where the input gradient is a kernel-row correlation of the
     padded output gradient, the weight gradient reuses that correlation's patch matrix
     (:func:`_backward_by_kernel_rows`) instead of building im2col's, three times larger."""
     stride, padding, dilation, groups = geometry
     full = _full_padding((weight.shape[2], weight.shape[3]), padding, dilation)
-    if _correlates_back(stride, full) and _by_kernel_rows(padded, groups, 1):
-        return _backward_by_kernel_rows(grad_out, padded, weight, x_shape, geometry)
+    if _correlates_back(stride, full) and _by_kernel_rows(x, groups, 1):
+        return _backward_by_kernel_rows(grad_out, x, weight, geometry)
     return (
-        conv_input_grad(grad_out, padded, weight, x_shape, geometry),
-        conv_weight_grad(grad_out, padded, weight, geometry),
+        conv_input_grad(grad_out, x, weight, geometry),
+        conv_weight_grad(grad_out, x, weight, geometry),
     )
 
 
@@ -129,8 +127,9 @@ def _correlate(
     padding: Padding4,
     dilation: Pair,
     each_chunk: ChunkHook | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """im2col + GEMM (batched over groups); returns (padded input, NCHW channels-last output).
+) -> torch.Tensor:
+    """im2col + GEMM (batched over groups) of ``x`` padded by ``padding``: the NCHW output,
+    channels-last in memory.
 
     The patch matrix is built a chunk of images at a time (see ``batch_chunks``); each chunk's
     GEMM writes straight into its rows of the output. The output is allocated as the
@@ -139,24 +138,25 @@ def _correlate(
     """
     groups, out_per_group, k = w_rows.shape
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
-    padded = pad_channels_last(x, padding)
-    n, hp, wp, _ = padded.shape
+    n, hp, wp, _ = padded_shape(x.shape, padding)
     ho, wo = output_size(hp, kh, sh, dh), output_size(wp, kw, sw, dw)
     out = torch.empty(
         (n, groups * out_per_group, ho, wo),
-        dtype=padded.dtype,
-        device=padded.device,
+        dtype=x.dtype,
+        device=x.device,
         memory_format=torch.channels_last,
     )
-    if _by_kernel_rows(padded, groups, sh):
-        _correlate_by_kernel_rows(padded, w_rows, bias, (kh, kw), sw, (dh, dw), out, each_chunk)
-        return padded, out
+    if _by_kernel_rows(x, groups, sh):
+        _correlate_by_kernel_rows(x, w_rows, bias, (kh, kw), sw, (dh, dw), padding, out, each_chunk)
+        return out
     assert each_chunk is None, "only the kernel-row path hands its patch matrix on"
     w_cols = w_rows.transpose(1, 2)
     # (N*Ho*Wo, G*O/G) seen as (G, N*Ho*Wo, O/G): contiguous rows for one group.
     out_rows = out.permute(0, 2, 3, 1).view(n * ho * wo, groups, out_per_group).transpose(0, 1)
-    for chunk in batch_chunks(n, ho * wo * k * padded.element_size(), padded.device):
-        cols = im2col(padded[chunk], (kh, kw), stride, dilation, groups)  # (G, m, K)
+    chunks = batch_chunks(n, ho * wo * k * x.element_size(), x.device)
+    space = workspace(x, chunks, groups * ho * wo * k)
+    for chunk, padded in padded_chunks(x, padding, chunks):
+        cols = im2col(padded, (kh, kw), stride, dilation, groups, space)  # (G, m, K)
         target = out_rows[:, chunk.start * ho * wo : chunk.stop * ho * wo]
         if groups > 1:  # bmm cannot write into interleaved group columns
             target.copy_(_gemm(cols, w_cols, bias, groups))
@@ -164,10 +164,10 @@ def _correlate(
             torch.bmm(cols, w_cols, out=target)
         else:
             torch.baddbmm(bias.view(1, 1, -1), cols, w_cols, out=target)
-    return padded, out
+    return out
 
 
-def _by_kernel_rows(padded: torch.Tensor, groups: int, stride_h: int) -> bool:
+def _by_kernel_rows(x: torch.Tensor, groups: int, stride_h: int) -> bool:
     """Whether to correlate a kernel row at a time (:func:`_correlate_by_kernel_rows`).
 
     On the CPU the patch-matrix copy, not the GEMM, is what sets the pace for few channels: a
@@ -175,28 +175,29 @@ def _by_kernel_rows(padded: torch.Tensor, groups: int, stride_h: int) -> bool:
     ``kh`` partial products are rounded into the output one by one, so low precision keeps the
     single GEMM that rounds once; groups and vertical strides keep it too.
     """
-    full_precision = padded.dtype in (torch.float32, torch.float64)
-    return padded.device.type == "cpu" and full_precision and groups == 1 and stride_h == 1
+    full_precision = x.dtype in (torch.float32, torch.float64)
+    return x.device.type == "cpu" and full_precision and groups == 1 and stride_h == 1
 
 
-def _by_column(
-    padded: torch.Tensor, groups: int, kernel: Pair, stride: Pair, dilation: Pair
-) -> bool:
+def _by_column(x: torch.Tensor, kernel: Pair, geometry: ConvGeometry) -> bool:
     """Whether the weight gradient's patch matrix is built transposed (:func:`im2col_by_column`):
     on the CPU, when that copy's runs (a row of output pixels) are longer than im2col's (one
     patch row's channels), as for the first layer's 3 colour channels."""
-    wo = output_size(padded.shape[2], kernel[1], stride[1], dilation[1])
-    runs_of_channels = kernel[1] * padded.shape[3] if dilation[1] == 1 else padded.shape[3]
-    return padded.device.type == "cpu" and groups == 1 and wo > runs_of_channels
+    stride, padding, dilation, groups = geometry
+    _, _, wp, c = padded_shape(x.shape, padding)
+    wo = output_size(wp, kernel[1], stride[1], dilation[1])
+    runs_of_channels = kernel[1] * c if dilation[1] == 1 else c
+    return x.device.type == "cpu" and groups == 1 and wo > runs_of_channels
 
 
 def _correlate_by_kernel_rows(
-    padded: torch.Tensor,
+    x: torch.Tensor,
     w_rows: torch.Tensor,
     bias: torch.Tensor | None,
     kernel: Pair,
     stride_w: int,
     dilation: Pair,
+    padding: Padding4,
     out: torch.Tensor,
     each_chunk: ChunkHook | None = None,
 ) -> None:
@@ -207,13 +208,14 @@ def _correlate_by_kernel_rows(
     ``each_chunk(chunk, rows)`` is then handed each chunk's matrix, for other sums over it.
     """
     (kh, kw), (dh, dw) = kernel, dilation
-    n, hp, _, c = padded.shape
+    n, hp, _, c = padded_shape(x.shape, padding)
     _, o, ho, wo = out.shape
     w_by_row = w_rows[0].view(o, kh, kw * c).permute(1, 2, 0)  # (kh, kw*C, O), a view
     out_rows = out.permute(0, 2, 3, 1).view(n, ho * wo, o)
-    row_bytes = hp * wo * kw * c * padded.element_size()
-    for chunk in batch_chunks(n, row_bytes, padded.device):
-        rows = kernel_row_im2col(padded[chunk], kw, stride_w, dw)  # (m, Hp*Wo, kw*C)
+    chunks = batch_chunks(n, hp * wo * kw * c * x.element_size(), x.device)
+    space = workspace(x, chunks, hp * wo * kw * c)
+    for chunk, padded in padded_chunks(x, padding, chunks):
+        rows = kernel_row_im2col(padded, kw, stride_w, dw, space)  # (m, Hp*Wo, kw*C)
         target = out_rows[chunk]
         for i in range(kh):
             patches = rows[:, i * dh * wo : i * dh * wo + ho * wo]
@@ -229,11 +231,7 @@ def _correlate_by_kernel_rows(
 
 
 def _backward_by_kernel_rows(
-    grad_out: torch.Tensor,
-    padded: torch.Tensor,
-    weight: torch.Tensor,
-    x_shape: Sequence[int],
-    geometry: ConvGeometry,
+    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """dL/dx and dL/dW of a stride-1 convolution from one kernel-row matrix ``R`` of the
     "full"-padded output gradient.
@@ -250,15 +248,18 @@ def _backward_by_kernel_rows(
     """
     _, padding, dilation, _ = geometry
     out_channels, in_channels, kh, kw = weight.shape
-    (top, _, left, _), h, w = padding, x_shape[2], x_shape[3]
+    h, w = x.shape[2], x.shape[3]
     reach_h = dilation[0] * (kh - 1)
-    acc = padded.new_zeros((kh, kw * out_channels, in_channels))
+    acc = x.new_zeros((kh, kw * out_channels, in_channels))
+    extended: list[torch.Tensor] = []  # x of the largest chunk, reused as a workspace
 
     def weight_grad(chunk: slice, rows: torch.Tensor) -> None:
-        x = padded.new_empty((rows.shape[0], h + reach_h, w, in_channels))
-        x[:, :h] = padded[chunk, top : top + h, left : left + w]
-        x[:, h:].zero_()
-        flat_rows, flat_x = rows.flatten(0, 1), x.flatten(0, 2)
+        if not extended:  # the first chunk is the largest; its zero rows stay zero
+            extended.append(x.new_empty((rows.shape[0], h + reach_h, w, in_channels)))
+            extended[0][:, h:].zero_()
+        x_rows = extended[0][: rows.shape[0]]
+        x_rows[:, :h] = x[chunk].permute(0, 2, 3, 1)
+        flat_rows, flat_x = rows.flatten(0, 1), x_rows.flatten(0, 2)
         length = flat_x.shape[0]
         for i in range(kh):
             offset = i * dilation[0] * w
@@ -267,7 +268,7 @@ def _backward_by_kernel_rows(
     kernel = (kh, kw)
     full = _full_padding(kernel, padding, dilation)
     flipped = _flipped_weight_rows(weight, 1)
-    _, grad_x = _correlate(grad_out, flipped, None, kernel, (1, 1), full, dilation, weight_grad)
+    grad_x = _correlate(grad_out, flipped, None, kernel, (1, 1), full, dilation, weight_grad)
     # acc[i][j*O + o, c] = dW[o, c, kh-1-i, kw-1-j]
     by_position = acc.view(kh, kw, out_channels, in_channels).flip(0, 1).permute(2, 3, 0, 1)
     grad_w = torch.empty_like(weight, memory_format=torch.preserve_format)
@@ -276,12 +277,7 @@ def _backward_by_kernel_rows(
 
 
 def _weight_grad_rows(
-    grad_rows: torch.Tensor,
-    padded: torch.Tensor,
-    groups: int,
-    kernel: Pair,
-    stride: Pair,
-    dilation: Pair,
+    grad_rows: torch.Tensor, x: torch.Tensor, kernel: Pair, geometry: ConvGeometry
 ) -> torch.Tensor:
     """dL/dW = Gᵀ·cols as (G, O/G, K), the patch matrix rebuilt a chunk of images at a time.
 
@@ -289,29 +285,32 @@ def _weight_grad_rows(
     chunks of bf16/fp16 data the partial products are formed and summed in float32, so the
     result is rounded once too, as a single GEMM (or cuDNN's weight gradient) would.
     """
-    n, columns = padded.shape[0], kernel[0] * kernel[1] * padded.shape[3] // groups
+    stride, padding, dilation, groups = geometry
+    n, c = x.shape[0], x.shape[1]
+    columns = kernel[0] * kernel[1] * c // groups
     rows_per_image = grad_rows.shape[1] // max(n, 1)
-    chunks = batch_chunks(n, rows_per_image * columns * padded.element_size(), padded.device)
-    if _by_column(padded, groups, kernel, stride, dilation):
-        dtype = opmath_dtype(padded.dtype)
-        acc = padded.new_zeros((columns, grad_rows.shape[2]), dtype=dtype)  # dL/dWᵀ
-        for chunk in chunks:
-            cols_t = im2col_by_column(padded[chunk], kernel, stride, dilation).to(dtype)
+    chunks = batch_chunks(n, rows_per_image * columns * x.element_size(), x.device)
+    space = workspace(x, chunks, groups * rows_per_image * columns)
+    if _by_column(x, kernel, geometry):
+        dtype = opmath_dtype(x.dtype)
+        acc = x.new_zeros((columns, grad_rows.shape[2]), dtype=dtype)  # dL/dWᵀ
+        for chunk, padded in padded_chunks(x, padding, chunks):
+            cols_t = im2col_by_column(padded, kernel, stride, dilation, space).to(dtype)
             rows = grad_rows[0, chunk.start * rows_per_image : chunk.stop * rows_per_image]
             acc.addmm_(cols_t, rows.to(dtype))
         return acc.t().unsqueeze(0)
     if len(chunks) == 1:
-        return torch.bmm(
-            grad_rows.transpose(1, 2), im2col(padded, kernel, stride, dilation, groups)
-        )
-    dtype, acc = opmath_dtype(padded.dtype), None
-    for chunk in chunks:
-        cols = im2col(padded[chunk], kernel, stride, dilation, groups).to(dtype)
+        (_, padded), *_ = padded_chunks(x, padding, chunks)
+        cols = im2col(padded, kernel, stride, dilation, groups)
+        return torch.bmm(grad_rows.transpose(1, 2), cols)
+    dtype, acc = opmath_dtype(x.dtype), None
+    for chunk, padded in padded_chunks(x, padding, chunks):
+        cols = im2col(padded, kernel, stride, dilation, groups, space).to(dtype)
         rows = grad_rows[:, chunk.start * rows_per_image : chunk.stop * rows_per_image]
         rows_t = rows.transpose(1, 2).to(dtype)
         acc = torch.bmm(rows_t, cols) if acc is None else acc.baddbmm_(rows_t, cols)
     if acc is None:  # no images
-        return padded.new_zeros((groups, grad_rows.shape[2], columns), dtype=dtype)
+        return x.new_zeros((groups, grad_rows.shape[2], columns), dtype=dtype)
     return acc
 
 
@@ -326,21 +325,25 @@ def _gemm(
 def _col2im_grad(
     grad_rows: torch.Tensor,
     w_rows: torch.Tensor,
-    padded_shape: torch.Size,
     x_shape: Sequence[int],
     kernel: Pair,
     geometry: ConvGeometry,
 ) -> torch.Tensor:
     """dL/dx for strided or over-padded convolutions: col2im(G·W), a chunk of images at a time."""
     stride, padding, dilation, _ = geometry
-    n = padded_shape[0]
+    n = x_shape[0]
     rows_per_image = grad_rows.shape[1] // max(n, 1)
     # Overlapping patches add up to kh*kw contributions per pixel: sum them in float32.
-    grad_padded = grad_rows.new_zeros(padded_shape, dtype=opmath_dtype(grad_rows.dtype))
-    bytes_per_image = rows_per_image * w_rows.shape[2] * grad_rows.element_size()
-    for chunk in batch_chunks(n, bytes_per_image, grad_rows.device):
+    grad_padded = grad_rows.new_zeros(
+        padded_shape(x_shape, padding), dtype=opmath_dtype(grad_rows.dtype)
+    )
+    groups, _, k = w_rows.shape
+    chunks = batch_chunks(n, rows_per_image * k * grad_rows.element_size(), grad_rows.device)
+    space = workspace(grad_rows, chunks, groups * rows_per_image * k)
+    for chunk in chunks:
         rows = grad_rows[:, chunk.start * rows_per_image : chunk.stop * rows_per_image]
-        grad_cols = torch.bmm(rows, w_rows)  # (G, m, K)
+        grad_cols = space[: rows.numel() // rows.shape[2] * k].view(groups, rows.shape[1], k)
+        torch.bmm(rows, w_rows, out=grad_cols)  # (G, m, K)
         col2im_add_(grad_padded[chunk], grad_cols, kernel, stride, dilation)
     top, _, left, _ = padding
     h, w = x_shape[2], x_shape[3]

@@ -9,6 +9,9 @@ leading axis is the group, so a grouped convolution is one batched GEMM.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator, Sequence
+
 import torch
 
 Pair = tuple[int, int]
@@ -40,41 +43,79 @@ def batch_chunks(n: int, bytes_per_image: int, device: torch.device) -> list[sli
     return [slice(start, min(n, start + step)) for start in range(0, n, step)]
 
 
+def workspace(like: torch.Tensor, chunks: list[slice], numel_per_image: int) -> torch.Tensor:
+    """One flat buffer that every chunk's patch matrix is built in, in turn.
+
+    A fresh tensor per chunk is a fresh few MiB that the CPU first page-faults in and then finds
+    out of cache; writing each chunk over the last one's memory skips both (ResNet-20's
+    16-channel forward 8.3 -> 7.2 ms, batch 128, 2 threads).
+    """
+    largest = max((chunk.stop - chunk.start for chunk in chunks), default=0)
+    return like.new_empty(largest * numel_per_image)
+
+
+def _buffer(like: torch.Tensor, shape: tuple[int, ...], space: torch.Tensor | None) -> torch.Tensor:
+    """The first elements of ``space`` (a :func:`workspace`) seen as ``shape``, else a new tensor."""
+    if space is None:
+        return like.new_empty(shape)
+    return space[: math.prod(shape)].view(shape)
+
+
 def output_size(size: int, kernel: int, stride: int, dilation: int) -> int:
     """Number of kernel placements along one axis of an (already padded) input."""
     return (size - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def pad_channels_last(x: torch.Tensor, padding: Padding4) -> torch.Tensor:
-    """Return ``x`` (N, C, H, W, any layout) as a zero-padded (N, Hp, Wp, C) contiguous tensor.
-
-    This is the only copy of the input the forward pass makes before the patch gather; when there
-    is no padding and ``x`` is already channels-last it is free.
-    """
+def padded_shape(x_shape: Sequence[int], padding: Padding4) -> tuple[int, int, int, int]:
+    """(N, Hp, Wp, C) of an (N, C, H, W) input padded by ``padding``."""
+    n, c, h, w = x_shape
     top, bottom, left, right = padding
+    return n, h + top + bottom, w + left + right, c
+
+
+def padded_chunks(
+    x: torch.Tensor, padding: Padding4, chunks: list[slice]
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Each of ``chunks`` of ``x`` (N, C, H, W, any layout), zero-padded, as an (m, Hp, Wp, C)
+    contiguous tensor: the only copy of the input made before the patch gather.
+
+    Every chunk is written over the last one in a single buffer, so its border is zeroed once
+    and the copy lands in memory that is mapped and in cache (see :func:`workspace`); use each
+    chunk before asking for the next. With no padding, a channels-last ``x`` is not copied.
+    """
     nhwc = x.permute(0, 2, 3, 1)
     if not any(padding) and nhwc.is_contiguous():
-        return nhwc
-    n, h, w, c = nhwc.shape
-    padded = x.new_empty((n, h + top + bottom, w + left + right, c))
-    padded[:, top : top + h, left : left + w] = nhwc
-    # Zero only the border: filling the whole buffer first would write every pixel twice.
-    padded[:, :top].zero_()
-    padded[:, top + h :].zero_()
-    padded[:, top : top + h, :left].zero_()
-    padded[:, top : top + h, left + w :].zero_()
-    return padded
+        yield from ((chunk, nhwc[chunk]) for chunk in chunks)
+        return
+    _, hp, wp, c = padded_shape(x.shape, padding)
+    (top, _, left, _), (h, w) = padding, nhwc.shape[1:3]
+    largest = max((chunk.stop - chunk.start for chunk in chunks), default=0)
+    buffer = x.new_empty((largest, hp, wp, c))
+    # Zero only the border: filling the whole buffer would write every pixel twice.
+    buffer[:, :top].zero_()
+    buffer[:, top + h :].zero_()
+    buffer[:, top : top + h, :left].zero_()
+    buffer[:, top : top + h, left + w :].zero_()
+    for chunk in chunks:
+        padded = buffer[: chunk.stop - chunk.start]
+        padded[:, top : top + h, left : left + w] = nhwc[chunk]
+        yield chunk, padded
 
 
 def im2col(
-    padded: torch.Tensor, kernel: Pair, stride: Pair, dilation: Pair, groups: int
+    padded: torch.Tensor,
+    kernel: Pair,
+    stride: Pair,
+    dilation: Pair,
+    groups: int,
+    space: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Gather every receptive field of ``padded`` (N, Hp, Wp, C) into rows of a matrix.
 
     Returns (groups, N*Ho*Wo, kh*kw*C/groups). The patches are first described as an
     ``as_strided`` view (no copy: a patch is just a different walk over the same memory), then
     one copy lays them out for the GEMM. Call it on a :func:`batch_chunks` slice of the batch
-    to bound its size.
+    to bound its size, building it in ``space`` (a :func:`workspace`) where one is given.
     """
     n, hp, wp, c = padded.shape
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
@@ -87,13 +128,17 @@ def im2col(
         (groups, n, ho, wo, kh, kw, cg),
         (cg * s_c, s_n, s_h * sh, s_w * sw, s_h * dh, s_w * dw, s_c),
     )
-    cols = padded.new_empty((groups, n * ho * wo, kh * kw * cg))
+    cols = _buffer(padded, (groups, n * ho * wo, kh * kw * cg), space)
     cols.view(patches.shape).copy_(patches)
     return cols
 
 
 def im2col_by_column(
-    padded: torch.Tensor, kernel: Pair, stride: Pair, dilation: Pair
+    padded: torch.Tensor,
+    kernel: Pair,
+    stride: Pair,
+    dilation: Pair,
+    space: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`im2col`'s matrix transposed, for one group: (kh*kw*C, N*Ho*Wo).
 
@@ -109,12 +154,14 @@ def im2col_by_column(
     patches = padded.as_strided(
         (kh, kw, c, n, ho, wo), (s_h * dh, s_w * dw, s_c, s_n, s_h * sh, s_w * sw)
     )
-    cols = padded.new_empty((kh, kw, c, n, ho, wo))
+    cols = _buffer(padded, (kh, kw, c, n, ho, wo), space)
     cols.copy_(patches)
     return cols.view(kh * kw * c, n * ho * wo)
 
 
-def kernel_row_im2col(padded: torch.Tensor, kw: int, sw: int, dw: int) -> torch.Tensor:
+def kernel_row_im2col(
+    padded: torch.Tensor, kw: int, sw: int, dw: int, space: torch.Tensor | None = None
+) -> torch.Tensor:
     """The pixels one kernel *row* covers, for every input row and output column.
 
     Returns (N, Hp*Wo, kw*C), rows ordered (input row, output column): kw/(kh*kw) of
@@ -127,7 +174,7 @@ def kernel_row_im2col(padded: torch.Tensor, kw: int, sw: int, dw: int) -> torch.
     wo = output_size(wp, kw, sw, dw)
     s_n, s_h, s_w, s_c = padded.stride()
     pixels = padded.as_strided((n, hp, wo, kw, c), (s_n, s_h, s_w * sw, s_w * dw, s_c))
-    rows = padded.new_empty((n, hp, wo, kw, c))
+    rows = _buffer(padded, (n, hp, wo, kw, c), space)
     rows.copy_(pixels)
     return rows.view(n, hp * wo, kw * c)
 

@@ -28,46 +28,38 @@ from cnnlab.functional._pool_windows import Dims, PoolGeometry, layout_of
 
 def conv_forward(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, geometry: ConvGeometry
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(padded input, output): see :func:`cnnlab.functional._conv_math.conv_forward`."""
+) -> torch.Tensor:
+    """The output: see :func:`cnnlab.functional._conv_math.conv_forward`."""
     if not torch.compiler.is_compiling():
         return _conv_math.conv_forward(x, weight, bias, geometry)
     return _conv2d(x, weight, bias, *geometry)
 
 
 def conv_input_grad(
-    grad_out: torch.Tensor,
-    padded: torch.Tensor,
-    weight: torch.Tensor,
-    x_shape: Sequence[int],
-    geometry: ConvGeometry,
+    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry
 ) -> torch.Tensor:
     """dL/dx of the convolution, channels-last in memory."""
     if not torch.compiler.is_compiling():
-        return _conv_math.conv_input_grad(grad_out, padded, weight, x_shape, geometry)
-    return _conv2d_input_grad(grad_out, padded, weight, list(x_shape), *geometry)
+        return _conv_math.conv_input_grad(grad_out, x, weight, geometry)
+    return _conv2d_input_grad(grad_out, x, weight, *geometry)
 
 
 def conv_weight_grad(
-    grad_out: torch.Tensor, padded: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry
+    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry
 ) -> torch.Tensor:
     """dL/dW of the convolution, with the weight's own strides."""
     if not torch.compiler.is_compiling():
-        return _conv_math.conv_weight_grad(grad_out, padded, weight, geometry)
-    return _conv2d_weight_grad(grad_out, padded, weight, *geometry)
+        return _conv_math.conv_weight_grad(grad_out, x, weight, geometry)
+    return _conv2d_weight_grad(grad_out, x, weight, *geometry)
 
 
 def conv_backward(
-    grad_out: torch.Tensor,
-    padded: torch.Tensor,
-    weight: torch.Tensor,
-    x_shape: Sequence[int],
-    geometry: ConvGeometry,
+    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geometry: ConvGeometry
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dL/dx, dL/dW) when both are needed: one operator, so the two can share a patch matrix."""
     if not torch.compiler.is_compiling():
-        return _conv_math.conv_backward(grad_out, padded, weight, x_shape, geometry)
-    return _conv2d_backward(grad_out, padded, weight, list(x_shape), *geometry)
+        return _conv_math.conv_backward(grad_out, x, weight, geometry)
+    return _conv2d_backward(grad_out, x, weight, *geometry)
 
 
 def max_pool_forward(input: torch.Tensor, dims: Dims) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,49 +95,44 @@ def _conv2d(
     padding: Sequence[int],
     dilation: Sequence[int],
     groups: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     geometry = _geometry(stride, padding, dilation, groups)
-    padded, out = _conv_math.conv_forward(x, weight, bias, geometry)
-    if padded.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
-        padded = padded.clone()  # an operator's output may not alias its input
-    return padded, out
+    return _conv_math.conv_forward(x, weight, bias, geometry)
 
 
 @_conv2d.register_fake
 def _(x, weight, bias, stride, padding, dilation, groups):
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     top, bottom, left, right = padding
-    hp, wp = h + top + bottom, w + left + right
-    ho = output_size(hp, weight.shape[2], stride[0], dilation[0])
-    wo = output_size(wp, weight.shape[3], stride[1], dilation[1])
-    return x.new_empty((n, hp, wp, c)), _empty((n, weight.shape[0], ho, wo), x.dtype, x.device)
+    ho = output_size(h + top + bottom, weight.shape[2], stride[0], dilation[0])
+    wo = output_size(w + left + right, weight.shape[3], stride[1], dilation[1])
+    return _empty((n, weight.shape[0], ho, wo), x.dtype, x.device)
 
 
 @torch.library.custom_op("cnnlab::conv2d_input_grad", mutates_args=())
 def _conv2d_input_grad(
     grad_out: torch.Tensor,
-    padded: torch.Tensor,
+    x: torch.Tensor,
     weight: torch.Tensor,
-    x_shape: Sequence[int],
     stride: Sequence[int],
     padding: Sequence[int],
     dilation: Sequence[int],
     groups: int,
 ) -> torch.Tensor:
     geometry = _geometry(stride, padding, dilation, groups)
-    grad_x = _conv_math.conv_input_grad(grad_out, padded, weight, x_shape, geometry)
+    grad_x = _conv_math.conv_input_grad(grad_out, x, weight, geometry)
     return _canonical(grad_x, torch.channels_last)  # col2im leaves a view of a border
 
 
 @_conv2d_input_grad.register_fake
-def _(grad_out, padded, weight, x_shape, stride, padding, dilation, groups):
-    return _empty(x_shape, grad_out.dtype, grad_out.device)
+def _(grad_out, x, weight, stride, padding, dilation, groups):
+    return _empty(x.shape, grad_out.dtype, grad_out.device)
 
 
 @torch.library.custom_op("cnnlab::conv2d_weight_grad", mutates_args=())
 def _conv2d_weight_grad(
     grad_out: torch.Tensor,
-    padded: torch.Tensor,
+    x: torch.Tensor,
     weight: torch.Tensor,
     stride: Sequence[int],
     padding: Sequence[int],
@@ -153,34 +140,33 @@ def _conv2d_weight_grad(
     groups: int,
 ) -> torch.Tensor:
     geometry = _geometry(stride, padding, dilation, groups)
-    return _conv_math.conv_weight_grad(grad_out, padded, weight, geometry)
+    return _conv_math.conv_weight_grad(grad_out, x, weight, geometry)
 
 
 @_conv2d_weight_grad.register_fake
-def _(grad_out, padded, weight, stride, padding, dilation, groups):
+def _(grad_out, x, weight, stride, padding, dilation, groups):
     return torch.empty_like(weight, memory_format=torch.preserve_format)
 
 
 @torch.library.custom_op("cnnlab::conv2d_backward", mutates_args=())
 def _conv2d_backward(
     grad_out: torch.Tensor,
-    padded: torch.Tensor,
+    x: torch.Tensor,
     weight: torch.Tensor,
-    x_shape: Sequence[int],
     stride: Sequence[int],
     padding: Sequence[int],
     dilation: Sequence[int],
     groups: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     geometry = _geometry(stride, padding, dilation, groups)
-    grad_x, grad_w = _conv_math.conv_backward(grad_out, padded, weight, x_shape, geometry)
+    grad_x, grad_w = _conv_math.conv_backward(grad_out, x, weight, geometry)
     return _canonical(grad_x, torch.channels_last), grad_w
 
 
 @_conv2d_backward.register_fake
-def _(grad_out, padded, weight, x_shape, stride, padding, dilation, groups):
+def _(grad_out, x, weight, stride, padding, dilation, groups):
     grad_w = torch.empty_like(weight, memory_format=torch.preserve_format)
-    return _empty(x_shape, grad_out.dtype, grad_out.device), grad_w
+    return _empty(x.shape, grad_out.dtype, grad_out.device), grad_w
 
 
 def _geometry(

@@ -56,26 +56,24 @@ class Conv2dFunction(torch.autograd.Function):
         bias: torch.Tensor | None,
         geometry: ConvGeometry,
     ) -> torch.Tensor:
-        padded, out = kernels.conv_forward(x, weight, bias, geometry)
-        # Keep the padded input rather than the 9x larger patch matrix: rebuilding cols in
-        # backward costs one copy and keeps peak memory close to PyTorch's own convolution.
-        ctx.save_for_backward(padded, weight)
-        ctx.x_shape, ctx.geometry = x.shape, geometry
+        out = kernels.conv_forward(x, weight, bias, geometry)
+        # Keep the input rather than the 9x larger patch matrix: rebuilding cols in backward
+        # costs one copy and keeps peak memory close to PyTorch's own convolution.
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = geometry
         return out
 
     @staticmethod
     @first_order_only
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        padded, weight = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:
-            grad_x, grad_w = kernels.conv_backward(
-                grad_out, padded, weight, ctx.x_shape, ctx.geometry
-            )
+            grad_x, grad_w = kernels.conv_backward(grad_out, x, weight, ctx.geometry)
         elif ctx.needs_input_grad[0]:
-            grad_x = kernels.conv_input_grad(grad_out, padded, weight, ctx.x_shape, ctx.geometry)
+            grad_x = kernels.conv_input_grad(grad_out, x, weight, ctx.geometry)
         elif ctx.needs_input_grad[1]:
-            grad_w = kernels.conv_weight_grad(grad_out, padded, weight, ctx.geometry)
+            grad_w = kernels.conv_weight_grad(grad_out, x, weight, ctx.geometry)
         if ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(dim=(0, 2, 3))
         return grad_x, grad_w, grad_b, None
