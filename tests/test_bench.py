@@ -189,7 +189,7 @@ class BreaksGraph(nn.Module):
 
 def test_compile_failure_becomes_a_note_in_its_row() -> None:
     config = StepConfig(batch=4, repeats=1, warmup=1, fullgraph=True)
-    failed = measure_compiled(BreaksGraph(), make_batch(config), config)
+    failed = measure_compiled({"custom": BreaksGraph()}, make_batch(config), config)["custom"]
     assert failed.step_ms is None and failed.error is not None
     assert failed.error.startswith("Unsupported: ") and "graph_break" in failed.error
     assert "\n" not in failed.error

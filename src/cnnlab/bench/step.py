@@ -6,9 +6,12 @@ The custom twin is ``convert(copy.deepcopy(builtin), to="custom")``: same weight
 
 Eager: the two impls take turns call by call (``cnnlab.measure.interleaved_timings``).
 Compiled: ``torch.compile(model + loss, mode=..., fullgraph=...)``, backward and optimizer outside.
-Each impl is measured on its own, after ``torch._dynamo.reset()`` and with a fresh, empty inductor
-cache, so its warm-up is a first compile that neither a previous run nor the other impl has paid
-for. They cannot take turns: a reset drops every compiled graph, the other impl's too.
+Each impl is compiled on its own, in a fresh, empty inductor cache, so its warm-up is a first
+compile that neither a previous run nor the other impl has paid for; then the compiled steps take
+turns like the eager ones. Timed one after the other instead, the two medians came from different
+minutes, and on a cloud VM whose speed drifts (the same step 300-500 ms within minutes) that
+moved their ratio by more than the differences being measured. CUDA-graph modes are the
+exception: each impl is captured and timed on its own.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -24,7 +27,13 @@ from torch import nn
 from cnnlab.bench.cases import NetWithLoss
 from cnnlab.bench.report import aligned_table, ratio
 from cnnlab.layers import convert
-from cnnlab.measure import MIB, Timing, interleaved_timings, peak_bytes, tracking_memory
+from cnnlab.measure import (
+    MIB,
+    Clock,
+    interleaved_timings,
+    peak_bytes,
+    tracking_memory,
+)
 from cnnlab.models import MODELS
 
 MODES = ("eager", "compile")
@@ -149,20 +158,24 @@ def measure_eager(
 
 @contextlib.contextmanager
 def _fresh_compiler() -> Iterator[None]:
-    """Dynamo's caches reset and an empty inductor cache dir, as a first compile sees them."""
-    try:
-        from torch._inductor.utils import fresh_cache
-    except ImportError:  # an older torch: warm-ups may then include cache hits
-        fresh_cache = contextlib.nullcontext
+    """Dynamo's caches reset before and after; compiled code made inside stays usable."""
     import torch._dynamo
 
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     try:
-        with fresh_cache():
-            yield
+        yield
     finally:
         torch._dynamo.reset()
+
+
+def _fresh_inductor_cache() -> contextlib.AbstractContextManager[None]:
+    """An empty inductor cache (on disk and in memory), as a first compile sees it."""
+    try:
+        from torch._inductor.utils import fresh_cache
+    except ImportError:  # an older torch: warm-ups may then include cache hits
+        return contextlib.nullcontext()
+    return fresh_cache()
 
 
 def first_line(error: BaseException) -> str:
@@ -171,44 +184,58 @@ def first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else ''}".strip()
 
 
-def _time_compiled(step: Callable[[], None], config: StepConfig) -> tuple[Timing, int]:
-    """The compiled step's timing and peak bytes.
+def _compile_and_warm_up(
+    module: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], config: StepConfig
+) -> tuple[Measurement, Callable[[], None]]:
+    """One impl's compiled step, compiled on an empty cache and warmed up, and what that cost:
+    warm-up seconds, graphs, peak bytes.
 
     A CUDA-graph replay allocates nothing: its tensors live in the graph's private pool, made at
-    capture. There the peak is taken over the whole run, warm-up and capture included, above the
-    memory allocated before the first call (so it also holds the optimizer state).
+    capture, during warm-up. There the peak is taken over the warm-up, above the memory allocated
+    before the first call (so it also holds the optimizer state).
     """
-
-    def timed() -> Timing:
-        return interleaved_timings(
-            {"step": step},
-            config.device,
-            repeats=config.repeats,
-            warmup=config.warmup_calls("compile"),
-        )["step"]
-
-    if config.cuda_graphs:
-        with tracking_memory(config.device) as tracker:
-            start = tracker.restart()
-            timing = timed()
-            return timing, tracker.peak_since(start)
-    timing = timed()
-    return timing, peak_bytes(step, config.device, compiled=True)
+    counters = torch._dynamo.utils.counters["stats"]
+    graphs_before = counters["unique_graphs"]
+    compiled = torch.compile(module, mode=config.compile_mode, fullgraph=config.fullgraph)
+    step = make_train_step(module, compiled, batch, config, mark_steps=config.cuda_graphs)
+    clock, calls = Clock(config.device), config.warmup_calls("compile")
+    with _fresh_inductor_cache():
+        if config.cuda_graphs:
+            with tracking_memory(config.device) as tracker:
+                start = tracker.restart()
+                warmup_s = sum(clock.wall_seconds(step) for _ in range(calls))
+                peak = tracker.peak_since(start)
+        else:
+            warmup_s = sum(clock.wall_seconds(step) for _ in range(calls))
+            peak = peak_bytes(step, config.device, compiled=True)
+    graphs = counters["unique_graphs"] - graphs_before
+    return Measurement(warmup_s=warmup_s, peak_mib=peak / MIB, graphs=graphs), step
 
 
 def measure_compiled(
-    module: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], config: StepConfig
-) -> Measurement:
-    """One impl's compiled step on a fresh compiler; a failure to compile becomes ``error``."""
+    twins: dict[str, nn.Module], batch: tuple[torch.Tensor, torch.Tensor], config: StepConfig
+) -> dict[str, Measurement]:
+    """Each impl's compiled step; a failure to compile becomes that impl's ``error``."""
+    results: dict[str, Measurement] = {}
+    steps: dict[str, Callable[[], None]] = {}
     with _fresh_compiler():
-        try:
-            compiled = torch.compile(module, mode=config.compile_mode, fullgraph=config.fullgraph)
-            step = make_train_step(module, compiled, batch, config, mark_steps=config.cuda_graphs)
-            timing, peak = _time_compiled(step, config)
-        except Exception as error:  # compile errors come in many types; report, don't crash
-            return Measurement(error=first_line(error))
-        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    return Measurement(timing.median_s * 1e3, timing.warmup_s, peak / MIB, graphs)
+        for impl, module in twins.items():
+            try:
+                results[impl], steps[impl] = _compile_and_warm_up(module, batch, config)
+            except Exception as error:  # compile errors come in many types; report, don't crash
+                results[impl] = Measurement(error=first_line(error))
+        groups = [{impl: step} for impl, step in steps.items()] if config.cuda_graphs else [steps]
+        for group in groups:
+            try:
+                timings = interleaved_timings(
+                    group, config.device, repeats=config.repeats, warmup=0
+                )
+            except Exception as error:
+                results.update({impl: Measurement(error=first_line(error)) for impl in group})
+                continue
+            for impl, timing in timings.items():
+                results[impl] = replace(results[impl], step_ms=timing.median_s * 1e3)
+    return results
 
 
 def run_step(
@@ -223,7 +250,7 @@ def run_step(
         if mode == "eager":
             results[mode] = measure_eager(twins, batch, config)
         else:
-            results[mode] = {impl: measure_compiled(m, batch, config) for impl, m in twins.items()}
+            results[mode] = measure_compiled(twins, batch, config)
     return results
 
 
