@@ -47,8 +47,9 @@ def workspace(like: torch.Tensor, chunks: list[slice], numel_per_image: int) -> 
     """One flat buffer that every chunk's patch matrix is built in, in turn.
 
     A fresh tensor per chunk is a fresh few MiB that the CPU first page-faults in and then finds
-    out of cache; writing each chunk over the last one's memory skips both (ResNet-20's
-    16-channel forward 8.3 -> 7.2 ms, batch 128, 2 threads).
+    out of cache; writing each chunk over the last one's memory skips both. With
+    :func:`padded_chunks`: ResNet-20's 16-channel 3x3 layer 8.8 -> 6.9 ms forward, 16.3 -> 14.4 ms
+    backward, batch 128, 2 threads.
     """
     largest = max((chunk.stop - chunk.start for chunk in chunks), default=0)
     return like.new_empty(largest * numel_per_image)
