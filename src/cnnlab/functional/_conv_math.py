@@ -21,6 +21,7 @@ from cnnlab.functional._im2col import (
     Padding4,
     batch_chunks,
     col2im_add_,
+    from_workspace,
     im2col,
     im2col_by_column,
     kernel_row_im2col,
@@ -299,9 +300,9 @@ def _weight_grad_rows(
             rows = grad_rows[0, chunk.start * rows_per_image : chunk.stop * rows_per_image]
             acc.addmm_(cols_t, rows.to(dtype))
         return acc.t().unsqueeze(0)
-    if len(chunks) == 1:
-        (_, padded), *_ = padded_chunks(x, padding, chunks)
-        cols = im2col(padded, kernel, stride, dilation, groups)
+    if len(chunks) == 1:  # one GEMM rounds once by itself: no float32 copies needed
+        _, padded = next(padded_chunks(x, padding, chunks))
+        cols = im2col(padded, kernel, stride, dilation, groups, space)
         return torch.bmm(grad_rows.transpose(1, 2), cols)
     dtype, acc = opmath_dtype(x.dtype), None
     for chunk, padded in padded_chunks(x, padding, chunks):
@@ -342,7 +343,7 @@ def _col2im_grad(
     space = workspace(grad_rows, chunks, groups * rows_per_image * k)
     for chunk in chunks:
         rows = grad_rows[:, chunk.start * rows_per_image : chunk.stop * rows_per_image]
-        grad_cols = space[: rows.numel() // rows.shape[2] * k].view(groups, rows.shape[1], k)
+        grad_cols = from_workspace(grad_rows, (groups, rows.shape[1], k), space)
         torch.bmm(rows, w_rows, out=grad_cols)  # (G, m, K)
         col2im_add_(grad_padded[chunk], grad_cols, kernel, stride, dilation)
     top, _, left, _ = padding
