@@ -3,7 +3,6 @@ shared meters of ``cnnlab.measure`` count what a step really allocates and costs
 
 from __future__ import annotations
 
-import re
 import time
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -214,47 +213,6 @@ def test_step_benchmark_compiles_builtin_layers(capsys) -> None:
     assert compiled[2] == "-" and compiled[3] == "-"
 
 
-def _two_colour_set(root: Path) -> Path:
-    """A CIFAR-shaped ImageFolder of reddish and bluish 32x32 images: learnt in a few steps."""
-    from PIL import Image
-
-    gen = torch.Generator().manual_seed(0)
-    for split, count in (("train", 24), ("test", 8)):
-        for label, colour in (("red", 0), ("blue", 2)):
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = torch.rand(32, 32, 3, generator=gen) * 0.4
-                pixels[..., colour] += 0.6
-                Image.fromarray((pixels * 255).byte().numpy()).save(folder / f"{i}.png")
-    return root
-
-
-@pytest.mark.slow
-def test_plain_loop_trains_both_impls_and_reports_mean_and_std(tmp_path, capsys) -> None:
-    """``cnnlab-bench loop`` on a tiny two-colour ImageFolder: both impls learn it."""
-    data, cache = str(_two_colour_set(tmp_path / "set")), str(tmp_path / "cache")
-    main(
-        [
-            "loop",
-            "--data",
-            data,
-            "--data-dir",
-            cache,
-            *["--epochs", "4", "--seeds", "2", "--batch", "8"],
-        ]
-    )
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert [row.split("|")[1].strip() for row in rows[2:]] == [
-        "builtin, compile=none",
-        "custom, compile=none",
-    ]
-    for row in rows[2:]:
-        accuracy_mean = float(row.split("|")[4].split("±")[0])
-        assert accuracy_mean > 90.0, row
-        assert row.rstrip(" |").endswith("2")  # two seeds
-
-
 def test_coverage_counts_hand_written_layers_and_time_and_names_builtin_kernels() -> None:
     """MobileNetV2 on digits: every layer hand-written, most of the step in cnnlab Functions,
     and the one built-in kernel its own forward calls (``F.adaptive_avg_pool2d``) is named."""
@@ -266,96 +224,3 @@ def test_coverage_counts_hand_written_layers_and_time_and_names_builtin_kernels(
     assert result.handwritten_layers == result.layers > 100
     assert 0.3 < result.handwritten_s / result.step_s < 1.0
     assert "aten::adaptive_avg_pool2d" in result.builtin_kernels
-
-
-def test_loop_starts_no_seed_that_would_end_past_its_limit() -> None:
-    from cnnlab.bench.loop import LoopResult, _time_for_another
-
-    done = [LoopResult(0, train_s=4.0, first_step_s=1.0, test_acc=0.5)]
-    now = time.perf_counter()
-    assert _time_for_another(done, now, None)
-    assert _time_for_another(done, now, 10.0)
-    assert not _time_for_another(done, now - 7.0, 10.0)  # 7 s gone + 4 s more > 10 s
-
-
-def test_gpu_check_keeps_time_for_later_commands_and_goes_on_after_one_is_stopped() -> None:
-    from cnnlab.bench.budget import Check, Task, run_tasks
-
-    def sleeper(seconds: float):
-        code = f"import time; print('| row |'); time.sleep({seconds}); print('| late |')"
-        return lambda timeout_s: ["-c", code]
-
-    check = Check(deadline=time.monotonic() + 16)
-    written: list[int] = []
-    tasks = [
-        Task("a", "slow", sleeper(60), "benchmarks.md", "slow:"),
-        Task("b", "quick", sleeper(0), "results.md", "quick:"),
-        Task("c", "last", sleeper(0), "results.md", "last:"),
-    ]
-    started = time.monotonic()
-    run_tasks(tasks, check, lambda c: written.append(len(c.log)), floor_s=5)
-
-    assert time.monotonic() - started < 30  # the slow one was stopped 2 x 5 s before the end
-    assert check.log[0].startswith("- slow: stopped at its 6 s of the budget")
-    assert check.log[1].startswith("- quick: ok") and check.log[2].startswith("- last: ok")
-    assert not check.ok and written == [1, 2, 3]
-    assert check.sections["benchmarks.md"] == ["slow:\n\n| row |"]  # kept what it printed
-    assert check.sections["results.md"][0] == "quick:\n\n| row |\n| late |"
-
-
-def test_gpu_check_only_picks_commands_by_their_keys(capsys) -> None:
-    from argparse import Namespace
-
-    from cnnlab.bench import gpu_check
-
-    args = Namespace(epochs=1, seeds=1)
-    tasks = gpu_check.build_tasks(args, "d", gpu_check.Sizes.for_run(True), Path("s"))
-    assert tuple(task.key for task in tasks) == gpu_check.KEYS
-    with pytest.raises(SystemExit, match="2"):
-        gpu_check.main(["--rehearse", "--data", ".", "--only", "tests,nope"])
-    assert (
-        "--only: unknown nope; choose from step-seed, loop-custom, tests" in capsys.readouterr().err
-    )
-
-
-def test_gpu_check_reads_pytest_closing_line() -> None:
-    from cnnlab.bench.gpu_check import pytest_summary
-
-    assert pytest_summary("...\n6 passed, 2 skipped, 1766 deselected in 80.12s\n") == (
-        "6 passed, 2 skipped, 1766 deselected in 80.12s"
-    )
-    assert pytest_summary("==== 1 failed, 5 passed in 3.1s ====") == "1 failed, 5 passed in 3.1s"
-    stopped = (
-        "tests/gpu/test_a.py::test_x[seed] PASSED [ 10%]\n"
-        "tests/gpu/test_a.py::test_y FAILED [ 20%]\n"
-        "tests/layers/test_b.py::test_z PASSED [ 30%]\n"
-    )
-    assert pytest_summary(stopped) == (
-        "stopped after 2 passed, 1 failed; failed: tests/gpu/test_a.py::test_y"
-    )
-    assert pytest_summary("no tests ran") == "stopped after no test"
-
-
-@pytest.mark.slow
-def test_gpu_check_rehearsal_runs_every_stage_and_writes_both_blocks(tmp_path: Path) -> None:
-    """``gpu_check --rehearse``: the GPU run's commands at toy sizes on the CPU, so a lent GPU's
-    minutes are not spent finding a wrong flag. The repository's docs stay untouched."""
-    from cnnlab.bench import gpu_check
-
-    docs = {name: (gpu_check.REPO / "docs" / name).read_text() for name in gpu_check.DOCS}
-    data = _two_colour_set(tmp_path / "set")
-    out = tmp_path / "out"
-    argv = ["--rehearse", "--data", str(data), "--epochs", "2", "--seeds", "2", "--out", str(out)]
-    assert gpu_check.main([*argv, "--budget", "900"]) == 0
-
-    benchmarks, results = ((out / name).read_text() for name in gpu_check.DOCS)
-    assert benchmarks.startswith(gpu_check.START) and "### CPU rehearsal" in benchmarks
-    assert benchmarks.count(": ok,") == 8, benchmarks
-    assert "seed CNN, batch 8" in benchmarks and "ResNet-20, batch 4" in benchmarks
-    assert "| eager |" in benchmarks and "| cpu fp32 | conv1" in benchmarks
-    for loop in ("builtin, compile=none", "custom, compile=none"):
-        assert f"| {loop} |" in results
-    assert re.search(r"\| builtin \| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \| 2/2 \|", results)
-    assert re.search(r"\| custom \| [\d.]+ ± [\d.]+ \| [\d.]+ ± [\d.]+ \| 2/2 \|", results)
-    assert "=== plain loop, built-in eager" in (out / "gpu-check.log").read_text()
-    assert {name: (gpu_check.REPO / "docs" / name).read_text() for name in gpu_check.DOCS} == docs

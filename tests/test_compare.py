@@ -125,6 +125,7 @@ def test_cli_writes_report_tables_and_figures(tmp_path: Path, monkeypatch) -> No
         "| dtype | float32 |",
         f"| torch | {torch.__version__} |",
         "| batch_size | 16 |",
+        "| tf32 (matmul and cudnn) | n/a (CPU) |",
         "features.conv1",
         "whole step",
         "Training parity",

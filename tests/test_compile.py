@@ -173,6 +173,19 @@ def test_compile_config_short_and_long_forms(value, expected) -> None:
     assert compile_options(value) == expected
 
 
+@pytest.mark.parametrize(
+    ("mode", "replays"),
+    [("default", False), ("reduce-overhead", True), ("max-autotune", True),
+     ("max-autotune-no-cudagraphs", False)],
+)  # fmt: skip
+def test_modes_that_replay_cuda_graphs_mark_each_step(mode: str, replays: bool) -> None:
+    """Inductor's own mode table says which modes record CUDA graphs; those steps must be marked."""
+    from torch._inductor import list_mode_options
+
+    assert list_mode_options(mode).get("triton.cudagraphs", False) == replays
+    assert CompileOptions(mode).cudagraphs == replays
+
+
 @pytest.mark.parametrize("value", ["fast", {"mode": "turbo"}, 3, {"mode": "default", "dynamic": 2}])
 def test_compile_config_typos_are_errors_that_list_the_modes(value) -> None:
     with pytest.raises(ValueError, match="compile"):

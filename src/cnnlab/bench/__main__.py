@@ -31,6 +31,7 @@ from cnnlab.bench.step import (
     run_step,
     step_table,
 )
+from cnnlab.machine import set_tf32
 from cnnlab.models import MODELS
 
 
@@ -45,6 +46,15 @@ def _common(parser: argparse.ArgumentParser, batch: int, repeats: int, warmup: i
         help="CPU threads for torch (default: torch's current setting)",
     )
     parser.add_argument("--markdown", type=Path, help="also write the results to this file")
+
+
+def _tf32_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tf32",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="CUDA fp32: allow TF32 in matmuls and convolutions alike (default: neither)",
+    )
 
 
 def _choices(allowed: tuple[str, ...]):
@@ -72,6 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "layers", help="forward + backward of every layer of the seed CNN and of the whole net"
     )
     layers.add_argument("--device", choices=("cpu", "cuda", "all"), default="cpu")
+    _tf32_option(layers)
     _common(layers, batch=256, repeats=20, warmup=3)
 
     step = commands.add_parser(
@@ -90,12 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=True,
         help="torch.compile(fullgraph=...): a graph break is an error (default) or splits the step",
     )
-    step.add_argument(
-        "--tf32",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="CUDA fp32: allow TF32 in matmuls and convolutions alike (default: neither)",
-    )
+    _tf32_option(step)
     _common(step, batch=256, repeats=20, warmup=3)
 
     loop = commands.add_parser(
@@ -133,17 +139,22 @@ def _write(args: argparse.Namespace, header: list[str], result: str) -> None:
 
 def run_layers(args: argparse.Namespace) -> None:
     runs = settings(args.device)
-    header = machine_lines(args.threads, use_cuda=any(d.type == "cuda" for _, d, _ in runs))
+    use_cuda = any(d.type == "cuda" for _, d, _ in runs)
+    header = machine_lines(args.threads, use_cuda=use_cuda)
+    if use_cuda:
+        header.append(f"tf32 (matmul and cudnn): {set_tf32(args.tf32)}")
     header.append(
         f"method: forward + backward (no optimizer step), median of {args.repeats} interleaved "
         f"runs after {args.warmup} warm-up runs; peak = most bytes the step allocates at once"
     )
     print("\n".join(header), flush=True)
     rows = []
-    for setting in runs:
+    for index, setting in enumerate(runs):
         for case in CASES:
             rows.append(run_case(case, setting, args.batch, args.repeats, args.warmup))
             print(f"  done: {setting[0]}, {case.name}", file=sys.stderr, flush=True)
+        if index < len(runs) - 1:  # the table so far, for a run stopped before the end
+            print(table(rows), flush=True)
     _write(args, header, table(rows))
 
 
@@ -161,20 +172,21 @@ def run_step_command(args: argparse.Namespace, argv: list[str]) -> None:
         repeats=args.repeats,
         warmup=args.warmup,
     )
-    if config.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = args.tf32
-        torch.backends.cudnn.allow_tf32 = args.tf32
     header = _step_header(args, config, argv)
+    if config.device.type == "cuda":
+        header.append(f"tf32 (matmul and cudnn): {set_tf32(args.tf32)}")
     print("\n".join(header), flush=True)
-    results = run_step(config, args.mode, args.impls)
+
+    def so_far(results: dict) -> None:  # for a run stopped before the end
+        print(step_table(results), flush=True)
+
+    results = run_step(config, args.mode, args.impls, so_far)
     _write(args, header, step_table(results))
 
 
 def _step_header(args: argparse.Namespace, config: StepConfig, argv: list[str]) -> list[str]:
     """Machine, command, what a step is and how it was measured."""
     header = machine_lines(args.threads, use_cuda=config.device.type == "cuda")
-    if config.device.type == "cuda":
-        header.append(f"tf32 (matmul and cudnn): {'on' if args.tf32 else 'off'}")
     optimizer = "" if args.optimizer == "none" else f", {args.optimizer}.step()"
     method = (
         f"method: median of {args.repeats} timed steps after {config.warmup_calls('eager')} "

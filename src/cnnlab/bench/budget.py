@@ -3,11 +3,14 @@
 :mod:`cnnlab.bench.gpu_check` uses it to fit its acceptance run to a GPU lent for minutes: each
 command may use the time left but a floor for each one after it, and is stopped there with its
 process group; its output is streamed into a log as it comes, so a machine taken away
-mid-command still leaves it.
+mid-command still leaves it. A command that would fill whatever time it is given (a seeded
+loop starts seeds until its limit, a sweep starts jobs) takes a ``share`` of it instead, so the
+commands after it get more than their floor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -34,6 +37,8 @@ class Task:
     doc: str
     caption: str
     figures: Callable[[str], str] = lambda stdout: table_of(stdout)
+    #: Of the time left but the floors of later commands, how much this one may use.
+    share: float = 1.0
 
 
 @dataclass
@@ -99,7 +104,8 @@ def run(
         process.wait(timeout=max(1.0, timeout_s))
         status = "ok" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it ended between the two calls
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         status = f"stopped at its {timeout_s:.0f} s of the budget"
     reader.join(timeout=10)
@@ -111,10 +117,11 @@ def run(
 def run_tasks(
     tasks: list[Task], check: Check, write: Callable[[Check], None], floor_s: float = FLOOR_S
 ) -> None:
-    """Each task in turn, keeping ``floor_s`` of the budget for each one after it; figures
-    written after each."""
+    """Each task in turn, keeping ``floor_s`` of the budget for each one after it and giving it
+    its ``share`` of the rest; figures written after each."""
     for index, task in enumerate(tasks):
-        timeout_s = check.deadline - time.monotonic() - floor_s * (len(tasks) - index - 1)
+        spare = check.deadline - time.monotonic() - floor_s * (len(tasks) - index - 1)
+        timeout_s = spare * task.share
         if timeout_s < floor_s / 2:  # less than half what was kept for it: not worth a start
             check.log.append(f"- {task.title}: skipped (no time left in the budget)")
             check.ok = False

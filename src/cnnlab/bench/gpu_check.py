@@ -12,20 +12,21 @@ On a machine with a CUDA GPU it runs, most wanted figures first:
    CUDA graphs, custom and built-in;
 2. the article's experiment as a plain PyTorch loop with the hand-written layers, compiled with
    CUDA graphs, ``--seeds`` seeds, mean ± std;
-3. the ``gpu``-marked tests (every layer vs ``torch.nn`` on CUDA in fp32 and bf16; compiled and
-   CUDA-graph-replayed steps equal eager; a 1-GPU run and, with 2+ GPUs, a DDP run);
+3. the quick ``gpu``-marked tests: every layer vs ``torch.nn`` on CUDA in fp32 and bf16, then
+   compiled and CUDA-graph-replayed steps equal eager;
 4. the plain loop with built-in layers, eager (the baseline) and with CUDA graphs;
 5. the experiment through ``cnnlab-train experiment=seed_cifar10``, custom and builtin;
-6. the whole-step benchmark of ResNet-20 and the layer benchmark;
+6. the whole-step benchmark of ResNet-20, the slow ``gpu`` tests (a 1-GPU Lightning run with
+   CUDA graphs and, with 2+ GPUs, a DDP run) and the layer benchmark;
 
 and replaces the block between ``<!-- gpu-check:start -->`` and ``<!-- gpu-check:end -->`` in
 ``docs/benchmarks.md`` and ``docs/results.md`` with what it measured, the card named, after
 every command, so an interrupted run keeps what it finished. ``--budget`` bounds the whole run
 for a GPU lent for minutes: each command may use the time left but a floor for each one after
-it, and is stopped there (seeded runs stop starting seeds in time), so what does not fit is the
-least wanted; ``--only`` runs the rest in a second call. ``--out`` also copies the log and both
-documents there, for a machine whose checkout is thrown away. Without a GPU it says so and
-exits 0: there is nothing to check.
+it, and is stopped there; seeded runs and the sweep take half of that time and start no seed
+they could not finish, so what does not fit is the least wanted; ``--only`` runs the rest in a
+second call. ``--out`` also copies the log and both documents there, for a machine whose
+checkout is thrown away. Without a GPU it says so and exits 0: there is nothing to check.
 """
 
 from __future__ import annotations
@@ -56,10 +57,17 @@ KEYS = (
     "loop-builtin",
     "train",
     "step-resnet",
+    "tests-slow",
     "layers",
 )
-#: Seconds a seeded command keeps for what follows its last seed (evaluation, printing).
-SEED_MARGIN_S = 10
+#: Where the ``gpu``-marked tests live, the quick per-layer checks first: pytest runs paths in
+#: the order given, and collecting only these skips importing the CPU suite.
+GPU_TESTS = ("tests/layers/test_cuda.py", "tests/gpu")
+#: Seconds a seeded command keeps for what its own clock does not see: the imports before it
+#: starts counting, and what follows its last seed (evaluation, printing).
+SEED_MARGIN_S = 20
+#: Of the time a seeded command could have, what it takes: it would fill all of it.
+SEEDED_SHARE = 0.5
 
 
 def pytest_summary(stdout: str) -> str:
@@ -76,6 +84,13 @@ def pytest_summary(stdout: str) -> str:
     return f"stopped after {done or 'no test'}" + (
         f"; failed: {', '.join(failed)}" if failed else ""
     )
+
+
+def last_table(stdout: str) -> str:
+    """The last run of consecutive table lines a command printed: a benchmark prints its table
+    so far after each part, so a command stopped by the budget still leaves what it measured."""
+    blocks = re.findall(r"(?:^\|.*\n?)+", stdout, flags=re.M)
+    return blocks[-1].rstrip("\n") if blocks else ""
 
 
 def lightning_runs(sweep_dir: Path) -> str:
@@ -142,7 +157,7 @@ def build_tasks(args: argparse.Namespace, data: str, sizes: Sizes, sweep: Path) 
     epochs, seeds = str(args.epochs), str(args.seeds)
     loop = ["loop", "--data", data, "--device", sizes.device, "--epochs", epochs]
 
-    def loop_task(key: str, title: str, argv: list[str]) -> Task:
+    def loop_task(key: str, title: str, argv: list[str], share: float = 1.0) -> Task:
         """A ``cnnlab-bench loop`` command that starts no seed it could not finish in time."""
         return Task(
             key,
@@ -150,7 +165,20 @@ def build_tasks(args: argparse.Namespace, data: str, sizes: Sizes, sweep: Path) 
             lambda timeout_s: [*bench, *argv, "--max-seconds", f"{timeout_s - SEED_MARGIN_S:.0f}"],
             "results.md",
             f"Plain PyTorch loop, data on the device (`cnnlab-bench {' '.join(argv)}`):",
+            share=share,
         )
+
+    def pytest_task(key: str, title: str, marks: str) -> Task:
+        # -v: a line per test as it ends, so a run stopped by the budget still tells what passed
+        argv = ["-m", "pytest", "-m", marks, "-v", "-p", "no:cacheprovider", *GPU_TESTS]
+        caption = f"`pytest -m '{marks}' {' '.join(GPU_TESTS)}`"
+        return Task(key, title, lambda _: argv, "benchmarks.md", caption, pytest_summary)
+
+    def step_task(key: str, name: str, model: str, batch: int) -> Task:
+        argv = [*bench, *step, "--model", model, "--batch", str(batch)]
+        caption = f"{step_caption}, {name}, batch {batch}, {sizes.precision}:"
+        title = f"step benchmark {model}"
+        return Task(key, title, lambda _: argv, "benchmarks.md", caption, last_table)
 
     baseline = [*loop, "--impl", "builtin", "--compile", "none", "--seeds", "1"]
     fast = (
@@ -159,8 +187,6 @@ def build_tasks(args: argparse.Namespace, data: str, sizes: Sizes, sweep: Path) 
         else f"compile={sizes.compile_mode}"
     )
     graphs = ["--compile", sizes.compile_mode, "--seeds", seeds]
-    # -v: a line per test as it ends, so a run stopped by the budget still tells what passed
-    tests = ["-m", "pytest", "-m", "gpu", "-v", "-p", "no:cacheprovider", "tests"]
     train = [
         "-m",
         "cnnlab.train",
@@ -177,30 +203,22 @@ def build_tasks(args: argparse.Namespace, data: str, sizes: Sizes, sweep: Path) 
         f"trainer.max_epochs={epochs}",
         f"hydra.sweep.dir={sweep}",
     ]
+    layers = ["layers", "--device", sizes.device, "--batch", str(sizes.layer_batch)]
     return [
-        Task(
-            "step-seed",
-            "step benchmark seed_cnn",
-            lambda _: [*bench, *step, "--model", "seed_cnn", "--batch", str(sizes.seed_batch)],
-            "benchmarks.md",
-            f"{step_caption}, seed CNN, batch {sizes.seed_batch}, {sizes.precision}:",
-        ),
+        step_task("step-seed", "seed CNN", "seed_cnn", sizes.seed_batch),
         loop_task(
-            "loop-custom", f"plain loop, custom, {fast}", [*loop, "--impl", "custom", *graphs]
+            "loop-custom",
+            f"plain loop, custom, {fast}",
+            [*loop, "--impl", "custom", *graphs],
+            SEEDED_SHARE,
         ),
-        Task(
-            "tests",
-            "gpu tests",
-            lambda _: tests,
-            "benchmarks.md",
-            "`pytest -m gpu`",
-            pytest_summary,
-        ),
+        pytest_task("tests", "gpu tests", "gpu and not slow"),
         loop_task("loop-baseline", "plain loop, built-in eager (the baseline)", baseline),
         loop_task(
             "loop-builtin",
             f"plain loop, built-in, {fast}",
             [*loop, "--impl", "builtin", *graphs],
+            SEEDED_SHARE,
         ),
         Task(
             "train",
@@ -209,24 +227,17 @@ def build_tasks(args: argparse.Namespace, data: str, sizes: Sizes, sweep: Path) 
             "results.md",
             f"`cnnlab-train -m {' '.join(train[3:-1])}` ({sweep.name}):",
             lambda _: lightning_runs(sweep),
+            share=SEEDED_SHARE,
         ),
-        Task(
-            "step-resnet",
-            "step benchmark resnet",
-            lambda _: [*bench, *step, "--model", "resnet", "--batch", str(sizes.resnet_batch)],
-            "benchmarks.md",
-            f"{step_caption}, ResNet-20, batch {sizes.resnet_batch}, {sizes.precision}:",
-        ),
+        step_task("step-resnet", "ResNet-20", "resnet", sizes.resnet_batch),
+        pytest_task("tests-slow", "slow gpu tests (Lightning runs)", "gpu and slow"),
         Task(
             "layers",
             "layer benchmark",
-            lambda _: [
-                *bench,
-                *("layers", "--device", sizes.device, "--batch", str(sizes.layer_batch)),
-                *sizes.step_repeats,
-            ],
+            lambda _: [*bench, *layers, *sizes.step_repeats],
             "benchmarks.md",
-            f"Layers (`cnnlab-bench layers --device {sizes.device} --batch {sizes.layer_batch}`):",
+            f"Layers (`cnnlab-bench {' '.join(layers)}`):",
+            last_table,
         ),
     ]
 

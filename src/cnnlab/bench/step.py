@@ -35,6 +35,7 @@ from cnnlab.measure import (
     tracking_memory,
 )
 from cnnlab.models import MODELS
+from cnnlab.training.compile import CUDAGRAPH_MODES, warmup_steps
 
 MODES = ("eager", "compile")
 IMPLS = ("builtin", "custom")
@@ -63,12 +64,12 @@ class StepConfig:
     @property
     def cuda_graphs(self) -> bool:
         """``reduce-overhead`` and ``max-autotune`` replay the step as a CUDA graph on GPU."""
-        return self.device.type == "cuda" and self.compile_mode != "default"
+        return self.device.type == "cuda" and self.compile_mode in CUDAGRAPH_MODES
 
     def warmup_calls(self, mode: str) -> int:
-        """Untimed first calls: CUDA graph trees run once, record on the next call, then replay."""
+        """Untimed first calls: ``--warmup``, and at least what compiling needs."""
         if mode == "compile":
-            return max(self.warmup, 3 if self.cuda_graphs else 1)
+            return max(self.warmup, warmup_steps(self.cuda_graphs))
         return self.warmup
 
 
@@ -239,9 +240,13 @@ def measure_compiled(
 
 
 def run_step(
-    config: StepConfig, modes: tuple[str, ...], impls: tuple[str, ...] = IMPLS
+    config: StepConfig,
+    modes: tuple[str, ...],
+    impls: tuple[str, ...] = IMPLS,
+    so_far: Callable[[dict[str, dict[str, Measurement]]], None] | None = None,
 ) -> dict[str, dict[str, Measurement]]:
-    """``{mode: {impl: Measurement}}`` for the requested modes and impls."""
+    """``{mode: {impl: Measurement}}`` for the requested modes and impls; ``so_far`` is handed
+    the results after each mode but the last."""
     twins = {impl: m.to(config.device).train() for impl, m in build_twins(config.model).items()}
     twins = {impl: twins[impl] for impl in impls}
     batch = make_batch(config)
@@ -251,6 +256,8 @@ def run_step(
             results[mode] = measure_eager(twins, batch, config)
         else:
             results[mode] = measure_compiled(twins, batch, config)
+        if so_far is not None and mode != modes[-1]:
+            so_far(results)
     return results
 
 

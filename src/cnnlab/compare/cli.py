@@ -20,6 +20,7 @@ from cnnlab.compare import environment
 from cnnlab.compare.optimizers import compare_optimizers
 from cnnlab.compare.runner import Setup, compare_layers, compare_training
 from cnnlab.compare.writer import write_report
+from cnnlab.machine import set_tf32
 from cnnlab.paths import CONF_DIR
 from cnnlab.training.errors import user_message, verbose
 from cnnlab.training.validate import validate_config
@@ -35,6 +36,8 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
     validate_config(cfg, resume=False)  # the data/model keys it shares with training
     device = environment.resolve_device(cfg.device)
     dtype = environment.resolve_dtype(cfg.dtype)
+    # cuDNN's default allows TF32 in convolutions but not in matmuls, which the custom conv is
+    tf32 = set_tf32(cfg.tf32) if device.type == "cuda" else "n/a (CPU)"
     setup = Setup(device, dtype, environment.autocast_factory(device, dtype, cfg.precision))
     torch.manual_seed(cfg.seed)
     datamodule = instantiate(cfg.data, batch_size=cfg.batch_size)
@@ -50,6 +53,7 @@ def run(cfg: DictConfig, out_dir: Path) -> Path:
         "hardware": environment.hardware(device),
         "dtype": cfg.dtype,
         "precision": cfg.precision or "none",
+        "tf32 (matmul and cudnn)": tf32,
         "batch_size": cfg.batch_size,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -108,5 +112,4 @@ def main(cfg: DictConfig) -> None:
         message = user_message(err) or (str(err) if isinstance(err, ValueError) else None)
         if message is None or verbose():
             raise
-        log.error("cnnlab-compare: %s", message)
-        sys.exit(f"cnnlab-compare: {message}")
+        sys.exit(f"Error: cnnlab-compare: {message}")  # once, on stderr, as every command does

@@ -18,6 +18,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def warmup_steps(cudagraphs: bool) -> int:
+    """Steps before a compiled step runs at speed: the first compiles; under CUDA graph trees
+    the first runs eagerly, the second records the graphs and replay starts at the third."""
+    return 3 if cudagraphs else 1
 
 
 @dataclass(frozen=True)
@@ -34,7 +41,9 @@ class CompileOptions:
 
     @property
     def cudagraphs(self) -> bool:
-        return self.mode == "reduce-overhead"
+        """Whether inductor replays the compiled step as CUDA graphs on a GPU: ``max-autotune``
+        turns them on too, and each step must then be marked (``cudagraph_mark_step_begin``)."""
+        return self.mode in CUDAGRAPH_MODES
 
 
 def compile_options(value: Any) -> CompileOptions | None:
