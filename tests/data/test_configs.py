@@ -96,7 +96,11 @@ NEW_AUGMENT = {
     "trivialaugment": {"enabled": False, "num_magnitude_bins": 31},
     "random_erasing": {"p": 0.0, "scale": [0.02, 0.33], "ratio": [0.3, 3.3], "value": 0},
 }
-NEW_TOP = {"mixup": {"alpha": 0.0, "prob": 1.0, "switch_prob": 0.5}, "cutmix": {"alpha": 0.0}}
+NEW_TOP = {
+    "mixup": {"alpha": 0.0, "prob": 1.0, "switch_prob": 0.5},
+    "cutmix": {"alpha": 0.0},
+    "drop_last": False,
+}
 
 
 def _before_plus_new(name: str) -> dict:

@@ -46,6 +46,21 @@ def test_loaders_yield_contract_dtypes_and_scaling():
     assert len(images) == len(dm.dataset("test"))  # drop_last is off
 
 
+def test_drop_last_skips_only_the_last_smaller_training_batch():
+    kept, dropped = (
+        DigitsDataModule(batch_size=100),
+        DigitsDataModule(batch_size=100, drop_last=True),
+    )
+    train = len(kept.dataset("train"))
+    assert train % 100  # there is a smaller last batch to drop
+    assert [len(y) for _, y in kept.train_dataloader()][-1] == train % 100
+    assert {len(y) for _, y in dropped.train_dataloader()} == {100}
+    assert len(dropped.train_dataloader()) == train // 100
+    for split in ("val", "test"):  # evaluation still sees every image
+        loader = getattr(dropped, f"{split}_dataloader")()
+        assert sum(len(y) for _, y in loader) == len(dropped.dataset(split))
+
+
 def test_normalized_train_set_is_roughly_standard():
     dm = DigitsDataModule(batch_size=2000)
     dm.setup()

@@ -85,6 +85,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         limit_train_samples: int | None = None,
         mixup: MixUpOptions | Mapping[str, Any] | None = None,
         cutmix: CutMixOptions | Mapping[str, Any] | None = None,
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -105,6 +106,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.augment = Augment.from_config(augment)
         self.limit_train_samples = limit_train_samples
         self.mixup, self.cutmix = mix_options(mixup, cutmix)
+        self.drop_last = drop_last
         self._datasets: dict[str, ImageDataset] = {}
 
     # -- metadata -------------------------------------------------------------------------------
@@ -194,7 +196,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
             raise KeyError(f"unknown split {split!r}; choose one of {sorted(self._datasets)}")
         return self._datasets[split]
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, drop_last: bool = False) -> DataLoader:
         workers = self.num_workers
         return DataLoader(
             self.dataset(split),
@@ -204,11 +206,11 @@ class ImageClassificationDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and workers > 0,
             collate_fn=collate_batch,
-            drop_last=False,
+            drop_last=drop_last,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train", shuffle=True, drop_last=self.drop_last)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
