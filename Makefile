@@ -15,7 +15,7 @@ STAMP  := $(VENV)/.cnnlab-installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train eval bench bench-step gpu-check gpu-check-offline test test-fast test-full lint format clean
+.PHONY: install train eval bench bench-step gpu-check gpu-check-offline test test-fast test-full lint format clean clean-outputs
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,7 +61,9 @@ format: install
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
 
-clean:
+clean:  # caches and build files; runs and checkpoints under outputs/ stay
 	rm -rf .pytest_cache .ruff_cache .hypothesis build dist src/*.egg-info lightning_logs
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+clean-outputs:  # every run, sweep and checkpoint under outputs/: asked for by name only
 	find outputs -mindepth 1 ! -name .gitkeep -prune -exec rm -rf {} +

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import functools
 import http.server
+import json
 import pathlib
 import random
 import threading
@@ -141,6 +142,25 @@ def _tensorboard_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     return {
         tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
     }
+
+
+def test_a_continuation_that_fails_before_training_keeps_the_runs_results(tmp_path: Path) -> None:
+    """``trainer.max_epochs`` below the checkpoint's epoch is refused before anything is written,
+    and the finished run's ``metrics.json`` keeps its scores, with the failure added."""
+    from cnnlab.train import run
+    from cnnlab.training.validate import ConfigError
+
+    out = tmp_path / "run"
+    run(compose_run(out, *QUICK, "trainer.max_epochs=3"))
+    finished = json.loads((out / "metrics.json").read_text())
+    assert finished["status"] == "ok" and finished["test/acc"] is not None
+
+    last = out / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match=r"saved in epoch 2 .* set trainer.max_epochs above 2"):
+        run(compose_run(out, *QUICK, "trainer.max_epochs=1", f"ckpt_path={last}"))
+    kept = json.loads((out / "metrics.json").read_text())
+    assert kept.pop("continue_error").startswith(f"ckpt_path={last} was saved in epoch 2")
+    assert kept == finished
 
 
 @pytest.mark.slow

@@ -46,8 +46,12 @@ def test_sweep_records_every_job_and_survives_a_failing_one(run_cli, tmp_path: P
         "optimizer.lr=0.05,-1",
         *QUICK,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    assert result.returncode == 1, result.stderr[-3000:]  # every job ran; two did not finish
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: 2 of 4 sweep jobs did not finish (1, 3); their errors are in "
+        f"{sweep.relative_to(tmp_path)}/summary.md."  # the sweep folder as configured
+    )
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
     with (sweep / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))

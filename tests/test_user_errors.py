@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from checkpoint_helpers import plant_writer, write_checkpoint
 
@@ -41,11 +42,45 @@ def one_line_error(result: subprocess.CompletedProcess, *fragments: str, only: b
         (["model.impl=cuda"], ["Error: model.impl='cuda'", "custom", "builtin"]),
         (["loss.label_smoothing=2"], ["Error: loss.label_smoothing=2 is not valid"]),
         (["data=imagefolder"], ["Error: data.root is not set", "data.root="]),
+        pytest.param(
+            ["trainer=gpu"],
+            ["Error: trainer.accelerator=gpu but PyTorch sees no CUDA GPU", "trainer=cpu"],
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="there is a GPU here"),
+        ),
     ],
 )
 def test_bad_config_values(run_cli, overrides: list[str], fragments: list[str]) -> None:
     result = run_cli("cnnlab.train", *QUICK, *overrides)  # later overrides win
     one_line_error(result, *fragments, only=True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        # refused by the model's constructor, which Hydra wraps in an InstantiationException
+        (["model=resnet", "model.depth=7"], ["Error: model: ResNet depth must be 6n + 2", "got 7"]),
+        # refused once the run's length is known, in configure_optimizers
+        (
+            ["scheduler=warmup_cosine", "scheduler.warmup_epochs=20"],
+            ["Error: scheduler: the warm-up (40 steps) must fit in the run's 2 optimizer steps"],
+        ),
+    ],
+)
+def test_values_refused_after_the_config_check(run_cli, overrides, fragments) -> None:
+    one_line_error(run_cli("cnnlab.train", *QUICK, *overrides), *fragments)
+
+
+def test_eval_without_a_checkpoint_says_which_to_give(run_cli) -> None:
+    one_line_error(run_cli("cnnlab.eval"), "Error: ckpt_path is not set", "ckpt_path=", only=True)
+
+
+def test_a_sweep_logs_a_jobs_config_error_in_one_line(run_cli) -> None:
+    result = run_cli("cnnlab.train", "-m", *QUICK, "model.impl=builtin,wrong")
+    assert result.returncode == 1, result.stderr[-3000:]  # after the other job has run
+    assert "Error: 1 of 2 sweep jobs did not finish (1)" in result.stderr
+    printed = result.stdout + result.stderr  # Hydra logs to stdout
+    assert "Traceback" not in printed, printed[-3000:]
+    assert "Job did not finish: model.impl='wrong' is not valid" in printed
 
 
 def _damaged(tmp_path: Path, kind: str, compose_config) -> Path:

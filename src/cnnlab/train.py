@@ -7,7 +7,7 @@
     cnnlab-train ckpt_path=outputs/train/runs/<time> trainer.max_epochs=20   # continue that run
 
 Every run, even a failed, diverged or interrupted one, leaves ``metrics.json`` in its folder;
-inside a ``-m`` sweep a failing job is recorded and the sweep goes on.
+inside a ``-m`` sweep a failing job is recorded and the sweep goes on (and exits 1 at its end).
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ from cnnlab.training.builders import (
 from cnnlab.training.callbacks import NonFiniteLossError
 from cnnlab.training.cluster import rank_argv
 from cnnlab.training.ddp import isolated_job, use_job_subprocess_command
-from cnnlab.training.errors import UserError, user_errors_as_messages
+from cnnlab.training.errors import UserError, user_errors_as_messages, user_message, verbose
 from cnnlab.training.module import ClassificationModule
-from cnnlab.training.results import format_metrics, write_metrics
+from cnnlab.training.results import EarlierRecord, format_metrics, write_metrics
 from cnnlab.training.resume import continue_logs, resolve_checkpoint, resume_argv, run_folder_of
 from cnnlab.training.tracking import finish_tracking, start_tracking
-from cnnlab.training.validate import validate_config
+from cnnlab.training.validate import check_accelerator, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> tuple[dict[str, Any], ClassificationModule, L.LightningDataModule]:
     """Fit, then test the best checkpoint; return the final metrics, module and data module."""
     validate_config(cfg)
+    check_accelerator(cfg)
     L.seed_everything(cfg.seed, workers=True)
     log.info("Data: %s", cfg.data._target_)
     datamodule = build_datamodule(cfg)
@@ -134,6 +135,7 @@ def run(cfg: DictConfig) -> float:
     in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     run_dir = cfg.paths.output_dir
     started = time.perf_counter()
+    earlier = EarlierRecord.of(run_dir)  # a run being continued in its own folder
 
     def record(
         status: str, metrics: dict[str, Any], error: str | None = None, **extra: Any
@@ -141,6 +143,10 @@ def run(cfg: DictConfig) -> float:
         if cfg.get("ckpt_path"):
             extra.setdefault("resumed_from", str(cfg.ckpt_path))
         if rank_zero_only.rank != 0:
+            return
+        if status != "ok" and earlier is not None and earlier.untouched():
+            earlier.keep(error or status)
+            log.warning("The run's checkpoints are as they were: metrics.json keeps its results.")
             return
         wall_time_s = time.perf_counter() - started
         try:
@@ -167,10 +173,16 @@ def run(cfg: DictConfig) -> float:
             raise
         except Exception as exc:
             diverged = isinstance(exc, NonFiniteLossError)
-            record("nan" if diverged else "failed", {}, str(exc) if diverged else repr(exc))
+            # a user error's own line says what to fix; a bug's repr keeps its type
+            error = str(exc) if diverged else user_message(exc) or repr(exc)
+            record("nan" if diverged else "failed", {}, error)
             if not in_sweep:
                 raise
-            log.exception("Job did not finish; the sweep goes on.")
+            message = user_message(exc)
+            if message is None or verbose():
+                log.exception("Job did not finish; the sweep goes on.")
+            else:  # the config or the data: the message says it all
+                log.error("Job did not finish: %s The sweep goes on.", message)
             return math.nan
 
     if rank_zero_only.rank == 0:

@@ -248,8 +248,9 @@ def load_weights(module: nn.Module, state_dict: dict[str, Any], source: str | Pa
         ]
         raise CheckpointError(
             f"checkpoint {source} does not fit the model its config describes: "
-            f"{'; '.join(parts)}. Evaluate it with the model it was trained with (drop model.* "
-            "overrides)."
+            f"{'; '.join(parts)}. Evaluate it with the model and data it was trained with: drop "
+            "model.* and data overrides that change a layer's shape (classes, input channels, "
+            "image size)."
         )
     module.load_state_dict(state_dict)
 

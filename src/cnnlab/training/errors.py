@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,10 +73,16 @@ def user_message(err: BaseException) -> str | None:
     """
     from hydra.errors import InstantiationException
 
+    config_key = None
     while isinstance(err, InstantiationException) and err.__cause__ is not None:
+        found = re.search(r"full_key: (\S+)", str(err))
+        config_key = found.group(1) if found else config_key
         err = err.__cause__
     if isinstance(err, USER_ERRORS):
         text = str(err)
+    elif config_key is not None and isinstance(err, ValueError | TypeError):
+        # a config's _target_ refused the arguments it was given: the config is what to fix
+        text = f"{config_key}: {err} (check the {config_key}.* values)"
     elif isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
         text = environment_message(err)
     else:

@@ -27,6 +27,7 @@ from torchmetrics.classification import (
 from cnnlab.data.mixing import hard_labels
 from cnnlab.optim import optimizer_class
 from cnnlab.training.compile import CompileOptions
+from cnnlab.training.errors import UserError
 from cnnlab.training.losses import weight_penalty
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ class ClassificationModule(L.LightningModule):
         optimizer_cfg = _without(self.hparams.optimizer, _OPTIMIZER_KEYS)
         # optimizer.impl=custom builds the hand-written twin (no impl: a run from before it)
         optimizer_cfg["_target_"] = optimizer_class(self.hparams.optimizer)
-        optimizer = instantiate(optimizer_cfg)(params=self.parameters())
+        optimizer = _configured("optimizer", instantiate(optimizer_cfg), params=self.parameters())
         scheduler_cfg = self.hparams.scheduler
         if not scheduler_cfg:
             return optimizer
@@ -217,7 +218,7 @@ class ClassificationModule(L.LightningModule):
         scheduler_cfg = _without(scheduler_cfg, _SCHEDULER_KEYS)
         if "total_steps" in scheduler_cfg and scheduler_cfg["total_steps"] is None:
             scheduler_cfg["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        scheduler = instantiate(scheduler_cfg)(optimizer=optimizer)
+        scheduler = _configured("scheduler", instantiate(scheduler_cfg), optimizer=optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": interval},
@@ -238,3 +239,13 @@ def _without(config: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]
 def is_full_batch(optimizer: Mapping[str, Any]) -> bool:
     """Whether the optimizer config asks for one step per epoch (``optimizer=gd``)."""
     return bool(optimizer.get("full_batch", False))
+
+
+def _configured(group: str, partial: Callable[..., Any], **arguments: Any) -> Any:
+    """``partial(**arguments)``, the config's own values refused as a :class:`UserError`:
+    they are only checked here, once the run's step count is known (a warm-up longer than the
+    run), and the message already names the key."""
+    try:
+        return partial(**arguments)
+    except ValueError as err:
+        raise UserError(f"{group}: {err}") from err

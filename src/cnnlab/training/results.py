@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,41 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
     """One line per result, for the end-of-run printout."""
     rows = [(key, metrics.get(key)) for key in RESULT_KEYS if metrics.get(key) is not None]
     return "\n".join(f"  {key:<15} {float(value):.4f}" for key, value in rows)
+
+
+@dataclass(frozen=True)
+class EarlierRecord:
+    """A run folder's ``metrics.json`` and checkpoints as they were before this job started.
+
+    A continuation (``ckpt_path=<run>``) writes into the finished run's folder. One that fails
+    before it saves a checkpoint (``trainer.max_epochs`` below the checkpoint's epoch, a bad
+    override) has changed nothing there, so the record of the finished run stays, with the
+    failure added, instead of a ``failed`` record without the run's scores.
+    """
+
+    run_dir: Path
+    record: dict[str, Any]
+    checkpoints: dict[str, int]  # file name -> modification time, ns
+
+    @classmethod
+    def of(cls, run_dir: str | Path) -> EarlierRecord | None:
+        try:
+            record = read_metrics(run_dir)
+        except (OSError, ValueError):  # a fresh folder, or an unreadable record: nothing to keep
+            return None
+        return cls(Path(run_dir), record, _checkpoint_times(run_dir))
+
+    def untouched(self) -> bool:
+        return _checkpoint_times(self.run_dir) == self.checkpoints
+
+    def keep(self, error: str) -> Path:
+        """Write the earlier record back with ``continue_error`` set to this job's error."""
+        record = {**self.record, "continue_error": error}
+        path = self.run_dir / METRICS_FILE
+        return atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+def _checkpoint_times(run_dir: str | Path) -> dict[str, int]:
+    folder = Path(run_dir) / "checkpoints"
+    files = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+    return {f.name: f.stat().st_mtime_ns for f in files}

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from cnnlab.training.results import METRICS_FILE
 
 log = logging.getLogger(__name__)
 
+#: Statuses that make a sweep exit non-zero: an error, or a job killed before it wrote a record.
+FAILED = ("failed", "missing")
 COLUMNS = (
     "job",
     "overrides",
@@ -111,5 +114,20 @@ class SweepSummary(Callback):
     """Hydra callback (registered in conf/hydra/default.yaml) run once after a ``-m`` sweep."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Write the summary; then, if a job failed, end the sweep with exit status 1.
+
+        Every job has run by then (a failing one does not stop the others), but a script or CI
+        step that launched the sweep must still learn that one did not finish. Diverged
+        (``nan``) jobs are results of the sweep, not failures.
+        """
         _, md_path = write_summary(config.hydra.sweep.dir)
         log.info("Sweep summary: %s\n%s", md_path, md_path.read_text())
+        rows = collect_runs(config.hydra.sweep.dir)
+        failed = [row["job"] for row in rows if row["status"] in FAILED]
+        if failed:
+            print(
+                f"Error: {len(failed)} of {len(rows)} sweep jobs did not finish "
+                f"({', '.join(failed)}); their errors are in {md_path}.",
+                file=sys.stderr,
+            )
+            raise SystemExit(1)

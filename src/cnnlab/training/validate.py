@@ -150,6 +150,21 @@ def check_values(cfg: DictConfig) -> None:
             raise ConfigError(f"{rule.key}={value!r} is not valid: expected {rule.expected}.")
 
 
+def check_accelerator(cfg: DictConfig) -> None:
+    """A GPU trainer on a machine without one; Lightning's own error names no way out.
+
+    Apart from :func:`validate_config`, which says whether a config can work anywhere: this
+    one is about the machine, and the commands that build a trainer call it.
+    """
+    import torch
+
+    if _value(cfg, "trainer.accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            "trainer.accelerator=gpu but PyTorch sees no CUDA GPU here: use trainer=cpu "
+            "(trainer=ddp_cpu for DDP on CPU processes), or trainer.accelerator=auto."
+        )
+
+
 def check_mixing_loss(cfg: DictConfig) -> None:
     """MixUp/CutMix make class-probability targets, which NLL (class indices only) cannot take."""
     alphas = [_value(cfg, key) for key in ("data.mixup.alpha", "data.cutmix.alpha")]
@@ -185,6 +200,14 @@ def check_resume(cfg: DictConfig) -> None:
     stored = checkpoint.get("cnnlab_config")
     if stored is not None:
         check_config(stored, str(path))
+    epoch, max_epochs = checkpoint.get("epoch"), _value(cfg, "trainer.max_epochs")
+    if isinstance(epoch, int) and _is_number(max_epochs) and -1 < max_epochs < epoch:
+        # Lightning's own error names neither the key nor the fix
+        raise ConfigError(
+            f"ckpt_path={path} was saved in epoch {epoch} (counting from 0) but "
+            f"trainer.max_epochs={max_epochs}: set trainer.max_epochs above {epoch} to train on, "
+            f"e.g. trainer.max_epochs={epoch + 10}."
+        )
 
 
 def validate_config(cfg: DictConfig, resume: bool = True) -> None:

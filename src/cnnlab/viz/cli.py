@@ -72,8 +72,7 @@ def main(cfg: DictConfig) -> None:
         if message is None or verbose():
             raise
         _drop_if_empty(Path(HydraConfig.get().runtime.output_dir))
-        log.error("cnnlab-viz: %s", message)
-        sys.exit(f"cnnlab-viz: {message}")
+        sys.exit(f"Error: cnnlab-viz: {message}")  # once, on stderr, as every command does
     print(f"cnnlab-viz: wrote {len(written)} file(s) to {out}")
 
 
