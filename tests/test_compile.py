@@ -186,6 +186,23 @@ def test_modes_that_replay_cuda_graphs_mark_each_step(mode: str, replays: bool) 
     assert CompileOptions(mode).cudagraphs == replays
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is for machines without CUDA")
+def test_a_cuda_graph_mode_on_a_cpu_says_it_replays_none(caplog) -> None:
+    import logging
+
+    import lightning
+
+    from cnnlab.training.module import ClassificationModule
+
+    sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+    options = CompileOptions(mode="reduce-overhead")
+    module = ClassificationModule(nn.Linear(4, 2), nn.CrossEntropyLoss(), 2, sgd, compile=options)
+    module.trainer = lightning.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    with caplog.at_level(logging.WARNING, logger="cnnlab.training.module"):
+        module.setup("fit")
+    assert "compile.mode=reduce-overhead replays CUDA graphs on a CUDA GPU only" in caplog.text
+
+
 @pytest.mark.parametrize("value", ["fast", {"mode": "turbo"}, 3, {"mode": "default", "dynamic": 2}])
 def test_compile_config_typos_are_errors_that_list_the_modes(value) -> None:
     with pytest.raises(ValueError, match="compile"):

@@ -107,4 +107,4 @@ def test_report_lists_every_job_of_a_cli_sweep(tmp_path: Path) -> None:
     assert {(r["impl"], r["optimizer"]) for r in rows} == {
         (impl, opt) for impl in ("custom", "builtin") for opt in ("sgd", "adam")
     }
-    assert "swept: optimizer" in (tmp_path / "rep" / "report.md").read_text()
+    assert "swept: optimizer, model.impl." in (tmp_path / "rep" / "report.md").read_text()

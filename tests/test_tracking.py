@@ -160,6 +160,20 @@ def test_a_missing_tracking_package_is_one_line(compose_config, monkeypatch) -> 
     assert user_message(caught.value) == ("logger=mlflow needs mlflow: pip install 'cnnlab[track]'")
 
 
+def test_an_online_wandb_run_without_a_login_is_one_line(tmp_path, monkeypatch) -> None:
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_ANONYMOUS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a key
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = tracking.WandbLogger(offline=False, save_dir=str(tmp_path), run_dir=str(tmp_path))
+    with pytest.raises(tracking.TrackingUnavailableError) as caught:
+        _ = logger.experiment
+    message = user_message(caught.value)
+    assert message is not None and "wandb login" in message and "offline=true" in message
+
+
 @pytest.mark.slow
 def test_a_continued_run_goes_on_in_its_mlflow_run(tmp_path) -> None:
     store = f"sqlite:///{tmp_path}/mlflow.db"

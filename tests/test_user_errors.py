@@ -150,6 +150,15 @@ def test_eval_of_a_checkpoint_of_another_model(run_cli, compose_config, tmp_path
     assert "model.classifier.fc1.weight [16, 8] vs [24, 8]" in line
 
 
+def test_resume_with_a_model_the_checkpoint_does_not_fit(run_cli, compose_config, tmp_path) -> None:
+    ckpt = write_checkpoint(compose_config, tmp_path / "narrow.ckpt")  # a narrower seed_cnn
+    result = run_cli("cnnlab.train", f"ckpt_path={ckpt}", *QUICK)
+    line = one_line_error(result, "does not fit this run's model", "model.impl may change")
+    assert "model.features.conv1.weight [4, 1, 3, 3] vs [32, 1, 3, 3]" in line
+    (log_file,) = (tmp_path / "outputs" / "train" / "runs").glob("*/train.log")
+    assert log_file.read_text().rstrip().endswith(line)  # the run's log says why it stopped
+
+
 def test_a_full_disk_names_the_file_and_leaves_no_partial_file(tmp_path: Path, monkeypatch) -> None:
     """ENOSPC as a filesystem reports it when the data reaches the disk (at ``fsync``): one
     line naming the file, exit 1, no temporary file left beside it."""

@@ -25,7 +25,9 @@ def _options(group: str) -> list[str]:
         for option in _options(group)
     ]
     + ["experiment=seed_cifar10", "trainer.limit_train_batches=0.5", "data.image_size=[8,6]"]
-    + ["trainer.devices=[0,1]", "trainer.devices=-1", "trainer.devices=auto"],
+    + ["trainer.devices=[0,1]", "trainer.devices=-1", "trainer.devices=auto"]
+    + ["optimized_metric=test/f1", "callbacks.model_checkpoint.monitor=val/loss"]
+    + [f"callbacks={option}" for option in _options("callbacks")],
 )
 def test_every_shipped_config_is_valid(compose_config, override: str) -> None:
     folder = ("data=imagefolder", "data.root=x")
@@ -57,6 +59,14 @@ def test_every_shipped_config_is_valid(compose_config, override: str) -> None:
             "data.root is not set: give it on the command line, e.g. data.root=",
         ),
         (["data=imagefolder", "data.root=x", "data.channels=2"], "data.channels=2"),
+        (
+            ["callbacks=early_stopping", "callbacks.early_stopping.monitor=val/accuracy"],
+            "callbacks.early_stopping.monitor='val/accuracy' is not a metric logged while "
+            "training: use one of train/loss, train/acc",
+        ),
+        (["callbacks.model_checkpoint.monitor=acc"], "callbacks.model_checkpoint.monitor='acc'"),
+        (["optimized_metric=val/f1"], "optimized_metric='val/f1' is not a result of this run"),
+        (["optimized_metric=test/acc", "test=false"], "optimized_metric='test/acc'"),
     ],
 )
 def test_bad_values_are_named(compose_config, overrides: list[str], message: str) -> None:

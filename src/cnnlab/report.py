@@ -84,6 +84,8 @@ def write_report(folder: Path, out: Path) -> list[Path]:
             "outputs/train/multiruns/<time>."
         )
     swept = label_settings(rows)
+    if len({row.get("impl") for row in rows}) > 1:  # the figures' hue rather than a setting
+        swept.append("model.impl")
     out.mkdir(parents=True, exist_ok=True)
     written = [write_csv(rows, (*COLUMNS, "setting"), out / "report.csv")]
     figures = []

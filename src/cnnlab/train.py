@@ -36,6 +36,7 @@ from cnnlab.training.builders import (
     build_loggers,
     build_module,
     build_trainer,
+    check_resumable,
     plain,
 )
 from cnnlab.training.callbacks import NonFiniteLossError
@@ -60,8 +61,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], ClassificationModule, L.Ligh
     datamodule = build_datamodule(cfg)
     log.info("Model: %s (impl=%s)", cfg.model._target_, cfg.model.impl)
     module = build_module(cfg, datamodule)
-    loggers = build_loggers(cfg)
     ckpt_path = resolve_checkpoint(str(cfg.ckpt_path)) if cfg.get("ckpt_path") else None
+    if ckpt_path:
+        check_resumable(module, ckpt_path)
+    loggers = build_loggers(cfg)
     continuing = (
         bool(ckpt_path) and run_folder_of(ckpt_path) == Path(cfg.paths.output_dir).resolve()
     )

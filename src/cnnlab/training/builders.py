@@ -226,8 +226,11 @@ def load_checkpoint(path: str | Path) -> tuple[DictConfig, dict[str, Any]]:
     return OmegaConf.create(config), checkpoint
 
 
-def load_weights(module: nn.Module, state_dict: dict[str, Any], source: str | Path) -> None:
-    """``module.load_state_dict`` that says in one line which keys or shapes do not fit."""
+def check_fits(
+    module: nn.Module, state_dict: dict[str, Any], source: str | Path, what: str, fix: str
+) -> None:
+    """Raise a one-line :class:`CheckpointError` naming the keys or shapes of ``state_dict``
+    that do not fit ``module`` (``what``), then ``fix``; ``load_state_dict``'s own is a page."""
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -246,13 +249,36 @@ def load_weights(module: nn.Module, state_dict: dict[str, Any], source: str | Pa
             )
             if found
         ]
-        raise CheckpointError(
-            f"checkpoint {source} does not fit the model its config describes: "
-            f"{'; '.join(parts)}. Evaluate it with the model and data it was trained with: drop "
-            "model.* and data overrides that change a layer's shape (classes, input channels, "
-            "image size)."
-        )
+        raise CheckpointError(f"checkpoint {source} does not fit {what}: {'; '.join(parts)}. {fix}")
+
+
+def load_weights(module: nn.Module, state_dict: dict[str, Any], source: str | Path) -> None:
+    """``module.load_state_dict`` that says in one line which keys or shapes do not fit."""
+    check_fits(
+        module,
+        state_dict,
+        source,
+        "the model its config describes",
+        "Evaluate it with the model and data it was trained with: drop model.* and data "
+        "overrides that change a layer's shape (classes, input channels, image size).",
+    )
     module.load_state_dict(state_dict)
+
+
+def check_resumable(module: nn.Module, ckpt_path: str | Path) -> None:
+    """A run continues only with weights of its own shapes; Lightning would fail with a page
+    of ``size mismatch`` lines after the data is loaded and the loggers are started."""
+    if is_url(ckpt_path):  # Lightning downloads it; read once, by Lightning
+        return
+    check_fits(
+        module,
+        read_checkpoint(ckpt_path)["state_dict"],
+        ckpt_path,
+        "this run's model",
+        "Continue it with the model and data it was trained with (model.impl may change): drop "
+        "the model.* and data overrides that change a layer's shape, or start a new run "
+        "without ckpt_path.",
+    )
 
 
 def load_run(

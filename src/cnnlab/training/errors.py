@@ -9,6 +9,7 @@ shows the traceback of user errors too.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import sys
@@ -109,4 +110,14 @@ def user_errors_as_messages() -> Iterator[None]:
         if message is None or verbose():
             raise
         print(f"Error: {message}", file=sys.stderr)
+        to_log_files(f"Error: {message}")
         raise SystemExit(1) from None
+
+
+def to_log_files(line: str) -> None:
+    """Append ``line`` to the run's log file (Hydra's ``<run>/train.log``), so the log read
+    later ends with why the run stopped; the console has the printed line already."""
+    record = logging.LogRecord("cnnlab", logging.ERROR, __file__, 0, line, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

@@ -35,6 +35,13 @@ log = logging.getLogger(__name__)
 #: keys in the optimizer/scheduler configs that steer cnnlab, not the torch constructors
 _OPTIMIZER_KEYS = ("full_batch", "impl")
 _SCHEDULER_KEYS = ("interval",)
+#: what the module logs while fitting, for a callback's ``monitor``; checked before a run starts
+FIT_METRICS = ("train/loss", "train/acc", "train/loss_step", "val/loss", "val/acc", "val/acc_best")
+#: metrics that others log while fitting: LearningRateMonitor (``lr-Adam``), ``compile=...``
+#: (``compile/warmup_s``) and ``callbacks=prune`` (``prune/sparsity``)
+OTHER_FIT_METRICS = ("lr-", "compile/", "prune/")
+#: what ``trainer.test`` adds
+TEST_METRICS = ("test/loss", "test/acc", "test/precision", "test/recall", "test/f1")
 
 
 class ClassificationModule(L.LightningModule):
@@ -117,6 +124,13 @@ class ClassificationModule(L.LightningModule):
             return
         self._compiled = True
         log.info("torch.compile(forward + loss, %s)", options.kwargs())
+        if options.cudagraphs and self.trainer.strategy.root_device.type != "cuda":
+            log.warning(
+                "compile.mode=%s replays CUDA graphs on a CUDA GPU only; on %s it compiles "
+                "without them.",
+                options.mode,
+                self.trainer.strategy.root_device.type,
+            )
         self.logits_and_loss = torch.compile(self._logits_and_loss, **options.kwargs())
 
     def _logits_and_loss(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -44,7 +44,7 @@ VIZ_DIR = "viz"
 
 
 class TrackingUnavailableError(UserError):
-    """A tracking logger was asked for but its package is not installed."""
+    """A tracking logger was asked for but its package is not installed or it cannot log in."""
 
 
 def require(package: str, logger: str) -> None:
@@ -210,6 +210,21 @@ class WandbLogger(_WandbLogger):
         )
         if self._wandb_init.get("anonymous") is None:  # wandb warns about it even when unset
             self._wandb_init.pop("anonymous", None)
+
+    @property
+    def experiment(self) -> Any:
+        """Lightning's W&B run; W&B's refusal to start one (no login for an online run) is a
+        user error with the ways out, not a traceback from inside ``wandb.init``."""
+        from wandb.errors import UsageError
+
+        try:
+            return super().experiment
+        except UsageError as err:
+            raise TrackingUnavailableError(
+                f"W&B refused to start the run ({' '.join(str(err).split())}): for "
+                "logger.wandb.offline=false log in first (`wandb login`, or set WANDB_API_KEY), "
+                "or log offline with logger.wandb.offline=true and upload later with `wandb sync`."
+            ) from None
 
     def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
         if not _keep_best_only(self._log_model, checkpoint_callback):

@@ -188,6 +188,34 @@ def check_optimizer(cfg: DictConfig) -> None:
         raise ConfigError(str(err)) from None
 
 
+def check_metric_names(cfg: DictConfig) -> None:
+    """A callback's ``monitor`` and ``optimized_metric`` name metrics the run will have.
+
+    Lightning finds a wrong ``monitor`` only at the end of the first epoch, and a wrong
+    ``optimized_metric`` is found when the run is over; both are typos worth one line up front.
+    """
+    from cnnlab.training.module import FIT_METRICS, OTHER_FIT_METRICS, TEST_METRICS
+
+    callbacks = _value(cfg, "callbacks")
+    for name, callback in callbacks.items() if isinstance(callbacks, dict) else ():
+        monitor = callback.get("monitor") if isinstance(callback, dict) else None
+        if monitor is None or str(monitor).startswith(OTHER_FIT_METRICS):
+            continue
+        if monitor not in FIT_METRICS:
+            raise ConfigError(
+                f"callbacks.{name}.monitor={monitor!r} is not a metric logged while training: "
+                f"use one of {', '.join(FIT_METRICS)}."
+            )
+    metric = _value(cfg, "optimized_metric")
+    results = [m for m in FIT_METRICS if m.startswith("val/")]
+    results += list(TEST_METRICS) if _value(cfg, "test") is not False else []
+    if metric not in (_UNSET, None) and metric not in results:
+        raise ConfigError(
+            f"optimized_metric={metric!r} is not a result of this run: use one of "
+            f"{', '.join(results)}."
+        )
+
+
 def check_resume(cfg: DictConfig) -> None:
     """``ckpt_path`` must be a readable checkpoint whose stored config is allowed."""
     path = cfg.get("ckpt_path")
@@ -220,6 +248,7 @@ def validate_config(cfg: DictConfig, resume: bool = True) -> None:
     check_values(cfg)
     check_mixing_loss(cfg)
     check_optimizer(cfg)
+    check_metric_names(cfg)
     try:
         compile_options(cfg.get("compile"))
     except ValueError as err:
