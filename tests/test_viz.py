@@ -121,6 +121,14 @@ def test_cli_writes_into_its_own_run_folder(run_dir, monkeypatch, tmp_path) -> N
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
+def test_cli_takes_a_run_folder_as_ckpt_path_like_eval(run_dir, monkeypatch, tmp_path) -> None:
+    off = [f"viz.{name}=false" for name in PLOTS if name != "curves"]
+    plots = tmp_path / "plots"
+    monkeypatch.setattr(sys, "argv", ["cnnlab-viz", f"ckpt_path={run_dir}", f"out={plots}", *off])
+    viz_main()
+    assert [p.name for p in plots.iterdir()] == ["training_curves.png"]  # the run's csv log
+
+
 def test_cli_rejects_a_folder_that_is_not_a_run(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["cnnlab-viz", f"run_dir={tmp_path}"])
