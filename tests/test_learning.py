@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cnnlab.train import train
+from cnnlab.training.module import FIT_METRICS, OTHER_FIT_METRICS, TEST_METRICS
 from training_helpers import compose_run
 
 pytestmark = pytest.mark.slow
@@ -28,6 +29,10 @@ def test_default_digits_run_with_custom_layers_learns(tmp_path: Path) -> None:
     metrics, _, _ = train(cfg)
     assert metrics["test/acc"] >= DEFAULT_RUN_TEST_ACC, metrics
     assert metrics["val/acc_best"] >= DEFAULT_RUN_TEST_ACC, metrics
+    # the names a callback's monitor and optimized_metric are checked against before a run
+    header = (tmp_path / "run" / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    logged = {k for k in header if not k.startswith(OTHER_FIT_METRICS)} - {"epoch", "step"}
+    assert logged == {*FIT_METRICS, *TEST_METRICS}
 
 
 @pytest.mark.parametrize("model", sorted(OVERFIT_TRAIN_LOSS))
