@@ -18,7 +18,13 @@ from lightning.pytorch.callbacks.progress import ProgressBar
 
 from cnnlab.training import progress
 from cnnlab.training.averaging import EMAWeightAveraging
-from cnnlab.training.builders import build_callbacks, build_datamodule, build_module, plain
+from cnnlab.training.builders import (
+    build_callbacks,
+    build_datamodule,
+    build_module,
+    plain,
+    progress_callbacks,
+)
 from cnnlab.training.safe_config import check_config
 from training_helpers import train_in_process
 
@@ -47,6 +53,16 @@ def test_the_trainer_switches_win_over_the_callbacks(compose_config) -> None:
     callbacks = build_callbacks(cfg)
     assert not [c for c in callbacks if isinstance(c, (ProgressBar, ModelSummary))]
     assert len(callbacks) == len(build_callbacks(compose_config())) - 2
+
+
+@pytest.mark.parametrize("command", ["eval", "prune"])
+def test_eval_and_prune_draw_the_bar_training_draws(compose_config, monkeypatch, command) -> None:
+    """Not Lightning's default (Rich) bar, which writes bar glyphs into a log."""
+    monkeypatch.setattr(progress, "stdout_is_terminal", lambda: False)
+    cfg = compose_config("ckpt_path=x", config_name=command)
+    (bar,) = progress_callbacks(cfg)
+    assert type(bar) is TQDMProgressBar and bar.refresh_rate == 50
+    assert progress_callbacks(compose_config("trainer.enable_progress_bar=false")) == []
 
 
 def test_presets_compose_onto_the_defaults(compose_config) -> None:

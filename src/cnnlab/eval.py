@@ -33,6 +33,7 @@ from cnnlab.training.builders import (
     load_checkpoint,
     load_weights,
     plain,
+    progress_callbacks,
 )
 from cnnlab.training.ddp import use_job_subprocess_command
 from cnnlab.training.errors import user_errors_as_messages
@@ -82,7 +83,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
     load_weights(module, checkpoint["state_dict"], ckpt_file)
     loggers = build_loggers(run_cfg)
     start_tracking(loggers, plain(run_cfg))  # logger=mlflow|wandb: this evaluation's config
-    trainer = build_trainer(run_cfg, datamodule, callbacks=[], loggers=loggers)
+    trainer = build_trainer(run_cfg, datamodule, progress_callbacks(run_cfg), loggers)
     (metrics,) = trainer.test(module, datamodule=datamodule)
     finish_tracking(loggers)
     if rank_zero_only.rank == 0:

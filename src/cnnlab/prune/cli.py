@@ -48,6 +48,7 @@ from cnnlab.training.builders import (
     load_checkpoint,
     load_weights,
     plain,
+    progress_callbacks,
 )
 from cnnlab.training.errors import user_errors_as_messages
 from cnnlab.training.module import ClassificationModule
@@ -154,7 +155,7 @@ class Pruner:
             cfg.trainer.min_epochs = None
             cfg.trainer.enable_checkpointing = False
             cfg.trainer.default_root_dir = str(self.out)
-        return build_trainer(cfg, self.datamodule, callbacks=[], loggers=[])
+        return build_trainer(cfg, self.datamodule, progress_callbacks(cfg), loggers=[])
 
     def test(self, module: ClassificationModule) -> dict[str, float]:
         (metrics,) = self.trainer().test(module, datamodule=self.datamodule, verbose=False)

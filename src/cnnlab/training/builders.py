@@ -82,6 +82,15 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
     return honour_trainer_switches(_instantiate_group(cfg.get("callbacks")), cfg.get("trainer"))
 
 
+def progress_callbacks(cfg: DictConfig) -> list[Callback]:
+    """The run's progress bar alone (``callbacks.progress_bar``), for commands that test or
+    fine-tune a trained run (eval, prune): Rich in a terminal, a TQDM bar that writes seldom
+    into a log, as in training, where Lightning's default would draw Rich bars into the log."""
+    entry = (cfg.get("callbacks") or {}).get("progress_bar")
+    callbacks = [instantiate(entry)] if entry and "_target_" in entry else []
+    return honour_trainer_switches(callbacks, cfg.get("trainer"))
+
+
 def build_loggers(cfg: DictConfig) -> list[Logger]:
     return _instantiate_group(cfg.get("logger"))
 
