@@ -186,6 +186,16 @@ def test_modes_that_replay_cuda_graphs_mark_each_step(mode: str, replays: bool) 
     assert CompileOptions(mode).cudagraphs == replays
 
 
+def test_cuda_graphs_are_replayed_on_a_cuda_device_only() -> None:
+    from cnnlab.training.compile import replays_cuda_graphs
+
+    assert replays_cuda_graphs("reduce-overhead", "cuda") and replays_cuda_graphs(
+        "max-autotune", "cuda"
+    )
+    assert not replays_cuda_graphs("reduce-overhead", "cpu")
+    assert not replays_cuda_graphs("default", "cuda") and not replays_cuda_graphs(None, "cuda")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is for machines without CUDA")
 def test_a_cuda_graph_mode_on_a_cpu_says_it_replays_none(caplog) -> None:
     import logging

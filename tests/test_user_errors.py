@@ -74,6 +74,11 @@ def test_eval_without_a_checkpoint_says_which_to_give(run_cli) -> None:
     one_line_error(run_cli("cnnlab.eval"), "Error: ckpt_path is not set", "ckpt_path=", only=True)
 
 
+@pytest.mark.parametrize("command", ["cnnlab.export", "cnnlab.prune"])
+def test_other_commands_that_read_a_checkpoint_say_which_to_give(run_cli, command) -> None:
+    one_line_error(run_cli(command), "Error: ckpt_path is not set", "ckpt_path=", only=True)
+
+
 def test_a_sweep_logs_a_jobs_config_error_in_one_line(run_cli) -> None:
     result = run_cli("cnnlab.train", "-m", *QUICK, "model.impl=builtin,wrong")
     assert result.returncode == 1, result.stderr[-3000:]  # after the other job has run

@@ -29,7 +29,7 @@ from cnnlab.training.builders import (
     build_loggers,
     build_module,
     build_trainer,
-    find_checkpoint,
+    checkpoint_of,
     load_checkpoint,
     load_weights,
     plain,
@@ -39,7 +39,7 @@ from cnnlab.training.ddp import use_job_subprocess_command
 from cnnlab.training.errors import user_errors_as_messages
 from cnnlab.training.results import format_metrics, write_metrics
 from cnnlab.training.tracking import finish_tracking, start_tracking
-from cnnlab.training.validate import ConfigError, check_accelerator, validate_config
+from cnnlab.training.validate import check_accelerator, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]
     """Test ``cfg.ckpt_path`` and record the result in this evaluation's run folder."""
     started = time.perf_counter()
     validate_config(cfg, resume=False)
-    if not cfg.get("ckpt_path"):  # train.yaml's null wins over eval.yaml's ??? when composed
-        raise ConfigError(
-            "ckpt_path is not set: name what to evaluate, e.g. "
-            "cnnlab-eval ckpt_path=outputs/train/runs/<time> (a run folder or a .ckpt file)."
-        )
-    ckpt_file = find_checkpoint(cfg.ckpt_path)
+    ckpt_file = checkpoint_of(cfg)
     trained, checkpoint = load_checkpoint(ckpt_file)
     run_cfg = run_config(cfg, trained, overrides)
     validate_config(run_cfg, resume=False)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from cnnlab.layers import convert
 from cnnlab.paths import CONF_DIR
 from cnnlab.training.atomic import atomic_write_text
-from cnnlab.training.builders import find_checkpoint, load_run
+from cnnlab.training.builders import checkpoint_of, load_run
 from cnnlab.training.errors import UserError, user_errors_as_messages
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def run_exported(fmt: str, path: Path, images: Tensor) -> Tensor:
 def export(cfg: DictConfig, out: Path) -> dict[str, Any]:
     """Export ``cfg.ckpt_path`` into ``out``, verify it, and return what ``export.json`` records."""
     fmt = str(cfg.format)
-    ckpt_file = find_checkpoint(cfg.ckpt_path)
+    ckpt_file = checkpoint_of(cfg)
     check_request(fmt, out, ckpt_file)
     run_cfg, module, datamodule = load_run(ckpt_file)
     trained = module.model.eval()

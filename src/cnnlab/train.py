@@ -176,12 +176,11 @@ def run(cfg: DictConfig) -> float:
             raise
         except Exception as exc:
             diverged = isinstance(exc, NonFiniteLossError)
-            # a user error's own line says what to fix; a bug's repr keeps its type
-            error = str(exc) if diverged else user_message(exc) or repr(exc)
+            message = user_message(exc)  # a user error's line says what to fix
+            error = str(exc) if diverged else message or repr(exc)  # a bug's repr keeps its type
             record("nan" if diverged else "failed", {}, error)
             if not in_sweep:
                 raise
-            message = user_message(exc)
             if message is None or verbose():
                 log.exception("Job did not finish; the sweep goes on.")
             else:  # the config or the data: the message says it all

@@ -28,7 +28,7 @@ import torch
 from cnnlab.data import ImageFolderDataModule
 from cnnlab.layers import get_namespace
 from cnnlab.models import SeedCNN
-from cnnlab.training.compile import CUDAGRAPH_MODES, MODES, warmup_steps
+from cnnlab.training.compile import MODES, replays_cuda_graphs, warmup_steps
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def train_once(
         # graphs on forward_loss's code, and past its recompile limit fullgraph=True fails
         torch._dynamo.reset()
         step_fn = torch.compile(forward_loss, mode=compile_mode, fullgraph=True)
-    cudagraphs = compile_mode in CUDAGRAPH_MODES
+    cudagraphs = replays_cuda_graphs(compile_mode, device.type)
 
     def sync() -> None:
         if device.type == "cuda":

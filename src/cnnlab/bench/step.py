@@ -35,7 +35,7 @@ from cnnlab.measure import (
     tracking_memory,
 )
 from cnnlab.models import MODELS
-from cnnlab.training.compile import CUDAGRAPH_MODES, warmup_steps
+from cnnlab.training.compile import replays_cuda_graphs, warmup_steps
 
 MODES = ("eager", "compile")
 IMPLS = ("builtin", "custom")
@@ -64,7 +64,7 @@ class StepConfig:
     @property
     def cuda_graphs(self) -> bool:
         """``reduce-overhead`` and ``max-autotune`` replay the step as a CUDA graph on GPU."""
-        return self.device.type == "cuda" and self.compile_mode in CUDAGRAPH_MODES
+        return replays_cuda_graphs(self.compile_mode, self.device.type)
 
     def warmup_calls(self, mode: str) -> int:
         """Untimed first calls: ``--warmup``, and at least what compiling needs."""

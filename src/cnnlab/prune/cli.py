@@ -44,7 +44,7 @@ from cnnlab.training.builders import (
     build_datamodule,
     build_module,
     build_trainer,
-    find_checkpoint,
+    checkpoint_of,
     load_checkpoint,
     load_weights,
     plain,
@@ -110,7 +110,7 @@ class Pruner:
     def __init__(self, cfg: DictConfig, overrides: Sequence[str]) -> None:
         self.cfg = cfg
         self.out = Path(cfg.paths.output_dir)
-        self.ckpt_file = find_checkpoint(cfg.ckpt_path)
+        self.ckpt_file = checkpoint_of(cfg)
         trained, self.checkpoint = load_checkpoint(self.ckpt_file)
         mine = [o for o in overrides if override_key(o).split(".")[0] not in PRUNE_KEYS]
         self.run_cfg = run_config(cfg, trained, mine)

@@ -26,7 +26,7 @@ from cnnlab.training.module import ClassificationModule, is_full_batch
 from cnnlab.training.progress import honour_trainer_switches
 from cnnlab.training.safe_config import check_config
 from cnnlab.training.sync_batchnorm import sync_batchnorm_options
-from cnnlab.training.validate import validate_config
+from cnnlab.training.validate import MISSING_HINTS, ConfigError, validate_config
 
 
 def plain(config: Any) -> Any:
@@ -158,6 +158,22 @@ def find_checkpoint(path: str | Path) -> Path:
         f"no checkpoint at {path} ({what}): pass a .ckpt file or a run folder that holds "
         "checkpoints/best.ckpt or checkpoints/last.ckpt (written by cnnlab-train)."
     )
+
+
+def checkpoint_of(cfg: DictConfig) -> Path:
+    """The checkpoint file a command that reads a trained run (eval, export, prune) is given.
+
+    Their configs mark ``ckpt_path`` as ``???``, but composed onto train.yaml the latter's
+    ``null`` stays (an OmegaConf merge never lets ``???`` replace a value), so an unset path is
+    caught here, for all of them, rather than by the missing-value check.
+    """
+    path = OmegaConf.select(cfg, "ckpt_path", default=None, throw_on_missing=False)
+    if path in (None, "", "???"):
+        raise ConfigError(
+            f"ckpt_path is not set: give it on the command line, e.g. {MISSING_HINTS['ckpt_path']}"
+            " (or the run folder)."
+        )
+    return find_checkpoint(path)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

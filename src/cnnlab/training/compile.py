@@ -21,6 +21,12 @@ MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagrap
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
+def replays_cuda_graphs(mode: str | None, device_type: str) -> bool:
+    """Whether a step compiled in ``mode`` runs as CUDA graphs on ``device_type``: inductor
+    records them on a CUDA device only, and elsewhere the mode compiles without them."""
+    return device_type == "cuda" and mode in CUDAGRAPH_MODES
+
+
 def warmup_steps(cudagraphs: bool) -> int:
     """Steps before a compiled step runs at speed: the first compiles; under CUDA graph trees
     the first runs eagerly, the second records the graphs and replay starts at the third."""

@@ -26,7 +26,7 @@ from torchmetrics.classification import (
 
 from cnnlab.data.mixing import hard_labels
 from cnnlab.optim import optimizer_class
-from cnnlab.training.compile import CompileOptions
+from cnnlab.training.compile import CompileOptions, replays_cuda_graphs
 from cnnlab.training.errors import UserError
 from cnnlab.training.losses import weight_penalty
 
@@ -124,12 +124,13 @@ class ClassificationModule(L.LightningModule):
             return
         self._compiled = True
         log.info("torch.compile(forward + loss, %s)", options.kwargs())
-        if options.cudagraphs and self.trainer.strategy.root_device.type != "cuda":
+        device_type = self.trainer.strategy.root_device.type
+        if options.cudagraphs and not replays_cuda_graphs(options.mode, device_type):
             log.warning(
                 "compile.mode=%s replays CUDA graphs on a CUDA GPU only; on %s it compiles "
                 "without them.",
                 options.mode,
-                self.trainer.strategy.root_device.type,
+                device_type,
             )
         self.logits_and_loss = torch.compile(self._logits_and_loss, **options.kwargs())
 

@@ -68,10 +68,13 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def write_summary(folder: str | Path) -> tuple[Path, Path]:
-    """Write ``summary.csv`` and ``summary.md`` into ``folder`` (each replaced atomically)."""
+def write_summary(
+    folder: str | Path, rows: list[dict[str, Any]] | None = None
+) -> tuple[Path, Path]:
+    """Write ``summary.csv`` and ``summary.md`` into ``folder`` (each replaced atomically);
+    ``rows``: its :func:`collect_runs`, when the caller has read them already."""
     folder = Path(folder)
-    rows = collect_runs(folder)
+    rows = collect_runs(folder) if rows is None else rows
     csv_path, md_path = folder / "summary.csv", folder / "summary.md"
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=COLUMNS)
@@ -120,9 +123,9 @@ class SweepSummary(Callback):
         step that launched the sweep must still learn that one did not finish. Diverged
         (``nan``) jobs are results of the sweep, not failures.
         """
-        _, md_path = write_summary(config.hydra.sweep.dir)
-        log.info("Sweep summary: %s\n%s", md_path, md_path.read_text())
         rows = collect_runs(config.hydra.sweep.dir)
+        _, md_path = write_summary(config.hydra.sweep.dir, rows)
+        log.info("Sweep summary: %s\n%s", md_path, md_path.read_text())
         failed = [row["job"] for row in rows if row["status"] in FAILED]
         if failed:
             print(

@@ -28,16 +28,9 @@ def resolve_run(run_dir: str | None, ckpt_path: str | None) -> tuple[Path, Path]
             "`cnnlab-viz run_dir=outputs/train/runs/2024-01-01_12-00-00`."
         )
     if ckpt_path is not None:
-        ckpt = Path(ckpt_path).expanduser()
-        if ckpt.is_dir():  # a run folder, as cnnlab-eval and cnnlab-export take it
-            from cnnlab.training.builders import find_checkpoint
+        from cnnlab.training.builders import find_checkpoint
 
-            return ckpt, find_checkpoint(ckpt)
-        if not ckpt.is_file():
-            raise FileNotFoundError(
-                f"ckpt_path={ckpt} does not exist: pass a .ckpt file or a run folder, e.g. "
-                "ckpt_path=outputs/train/runs/<time>/checkpoints/best.ckpt."
-            )
+        ckpt = find_checkpoint(ckpt_path)  # a .ckpt file, or a run folder's, as eval takes them
         run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
         return run, ckpt
     run = Path(run_dir).expanduser()
